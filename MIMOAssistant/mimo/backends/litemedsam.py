@@ -30,8 +30,10 @@ from ..prompts import BoxPrompt, LassoPrompt, PointPrompt, Prompt, ScribblePromp
 from ..terminology import Terminology
 
 THRESHOLD = 0.5
-#: Half-sizes (as multiples of the scribble's own half-size, and in pixels for points).
-SCRIBBLE_EXPANSIONS = (1.2, 1.6, 2.2, 3.0)
+#: Half-sizes of the square candidate boxes: multiples of the scribble's longer half-extent
+#: (squares beat boxes shaped like the scribble: mean Dice 0.88 vs 0.54 on 18 open2d images
+#: with a scribble across the middle of the target), and pixels added around points.
+SCRIBBLE_EXPANSIONS = (1.0, 1.3, 1.7, 2.2, 3.0)
 POINT_HALF_SIZES = (8, 16, 32, 64, 128)
 LASSO_MARGIN_PIXELS = 2
 
@@ -127,7 +129,8 @@ class LiteMedSAMBackend(Backend):
         cx, cy = (cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2
         half_x, half_y = (cols.max() - cols.min()) / 2, (rows.max() - rows.min()) / 2
         if isinstance(prompt, ScribblePrompt):
-            sizes = [(max(half_x * f, 4.0), max(half_y * f, 4.0)) for f in SCRIBBLE_EXPANSIONS]
+            half = max(half_x, half_y, 4.0)
+            sizes = [(half * f, half * f) for f in SCRIBBLE_EXPANSIONS]
         else:
             sizes = [(half_x + s, half_y + s) for s in POINT_HALF_SIZES]
         boxes = [_clip_box((cx - hx, cy - hy, cx + hx, cy + hy), shape) for hx, hy in sizes]
