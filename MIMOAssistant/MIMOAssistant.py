@@ -11,6 +11,7 @@ import threading
 import MIMOAssistantLib
 import slicer
 import vtk
+from mimo.errors import Cancelled, MimoError
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -250,8 +251,6 @@ class MIMOAssistantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = True
         self.updateButtons()
         try:
-            from mimo.errors import Cancelled, MimoError
-
             sliceNode = self.sliceNode(volumeNode, promptNodes)
             answer, segmentIds, segmentationNode = self.logic.ask(
                 volumeNode,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mimo.assistant import AskResult, ask_volume, default_geometry
@@ -37,7 +37,6 @@ class TurnRecord:
     segmentationNodeID: str
     segmentIds: list[str]
     createdSegmentationNode: bool
-    result: AskResult | None = field(default=None, repr=False)
 
 
 class MIMOAssistantLogic:
@@ -51,6 +50,8 @@ class MIMOAssistantLogic:
         self.window: str | tuple[float, float] | None = None
         self.history: list[Message] = []
         self.turns: list[TurnRecord] = []
+        #: The last turn's full result (slice image, geometry, volume masks); only the last is kept.
+        self.lastResult: AskResult | None = None
         self._backend: Backend | None = None
         self._conversationVolumeID: str | None = None
 
@@ -77,6 +78,7 @@ class MIMOAssistantLogic:
     def resetConversation(self) -> None:
         self.history = []
         self.turns = []
+        self.lastResult = None
         self._conversationVolumeID = None
 
     def ask(
@@ -151,7 +153,8 @@ class MIMOAssistantLogic:
                 volumeNode.GetScene().RemoveNode(segmentationNode)
             raise
         self.history += [Message("user", question), Message("assistant", result.answer.text)]
-        self.turns.append(TurnRecord(question, result.answer, segmentationNode.GetID(), segmentIds, created, result))
+        self.turns.append(TurnRecord(question, result.answer, segmentationNode.GetID(), segmentIds, created))
+        self.lastResult = result
         report("Done", 1.0)
         return result.answer, segmentIds, segmentationNode
 

@@ -31,7 +31,6 @@ class Segment:
             "label": self.label,
             "name": self.name,
             "terminology": self.entry.to_dict(),
-            "slicer_terminology": self.entry.to_slicer_string(),
             "color": list(self.entry.color),
             "pixel_count": self.voxel_count,
         }

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import dice, shared_path
-from mimo.errors import GeometryError, MimoError, PromptError
+from mimo.errors import Cancelled, GeometryError, MimoError, PromptError
 from mimo.geometry import axis_slice, extract_slice, slice_axis_index
 from mimo.image import load_image
 from mimo.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
@@ -571,6 +572,17 @@ def test_logic_turn_on_a_synthetic_disk(slicer_scene, litemedsam):
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
     with pytest.raises(MimoError, match="question"):
         logic.ask(volume_node, geometry, "  ", [roi])
+
+
+def test_cancelled_turn_changes_nothing(slicer_scene, volume_node):
+    logic = MIMOAssistantLogic()
+    cancel = threading.Event()
+    cancel.set()
+    nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(Cancelled):
+        logic.ask(volume_node, None, "Segment the liver", [], cancel=cancel)
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
+    assert not logic.backendLoaded() and logic.history == [] and not logic.undoLastTurn(slicer.mrmlScene)
 
 
 def test_spleen_from_a_slice_view_and_roi(slicer_scene, litemedsam):
