@@ -34,6 +34,7 @@ from mimo.geometry import (
     oblique_slice,
     slice_axis_index,
     slicer_xy_to_pixel_to_ras,
+    voxel_slice,
 )
 from mimo.image import ImageVolume, guess_modality
 from mimo.prompts import BoxPrompt, Prompt
@@ -216,21 +217,12 @@ def sliceGeometryForAxis(volume, axis: str = "axial", index: int | None = None) 
 def _alignedGeometry(volume: ImageVolume, pixelToIJK: np.ndarray, normalAxis: int, index: int) -> SliceGeometry:
     """Exact voxel slice along ``normalAxis`` laid out like the view (for volumes whose axes
     do not map one-to-one onto the axial/coronal/sagittal layouts)."""
-    counts = tuple(reversed(volume.shape))
     inPlane = [a for a in range(3) if a != normalAxis]
     columnAxis = max(inPlane, key=lambda a: abs(pixelToIJK[a, 0]))
     rowAxis = inPlane[0] if columnAxis == inPlane[1] else inPlane[1]
     columnSign = 1 if pixelToIJK[columnAxis, 0] >= 0 else -1
     rowSign = 1 if pixelToIJK[rowAxis, 1] >= 0 else -1
-    matrix = np.zeros((4, 4))
-    matrix[columnAxis, 0] = columnSign
-    matrix[rowAxis, 1] = rowSign
-    matrix[normalAxis, 2] = 1.0
-    matrix[columnAxis, 3] = 0 if columnSign > 0 else counts[columnAxis] - 1
-    matrix[rowAxis, 3] = 0 if rowSign > 0 else counts[rowAxis] - 1
-    matrix[normalAxis, 3] = index
-    matrix[3, 3] = 1.0
-    return SliceGeometry(matrix, volume.ijk_to_ras, (counts[rowAxis], counts[columnAxis]))
+    return voxel_slice(volume.shape, volume.ijk_to_ras, (columnAxis, columnSign), (rowAxis, rowSign), normalAxis, index)
 
 
 def _volumeCornersRAS(volume: ImageVolume) -> np.ndarray:

@@ -129,11 +129,26 @@ def axis_slice(volume_shape: tuple[int, int, int], ijk_to_ras: np.ndarray, axis:
     ``volume_shape`` is ``(K, J, I)``, numpy order.
     """
     ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
-    (column_axis, column_sign), (row_axis, row_sign), normal_axis = _axis_layout(ijk_to_ras, axis)
+    column, row, normal_axis = _axis_layout(ijk_to_ras, axis)
+    return voxel_slice(volume_shape, ijk_to_ras, column, row, normal_axis, index, axis)
+
+
+def voxel_slice(
+    volume_shape: tuple[int, int, int],
+    ijk_to_ras: np.ndarray,
+    column: tuple[int, int],
+    row: tuple[int, int],
+    normal_axis: int,
+    index: int,
+    axis: str | None = None,
+) -> SliceGeometry:
+    """The exact voxel slice ``index`` along ``normal_axis``, with image columns and rows
+    stepping along ``column = (ijk axis, sign)`` and ``row = (ijk axis, sign)``."""
+    (column_axis, column_sign), (row_axis, row_sign) = column, row
     counts_ijk = tuple(reversed(volume_shape))
     if not isinstance(index, (int, np.integer)) or not 0 <= index < counts_ijk[normal_axis]:
         raise GeometryError(
-            f"{axis} slice {index} is outside the volume: valid slices are 0..{counts_ijk[normal_axis] - 1}"
+            f"{axis or 'voxel'} slice {index} is outside the volume: valid slices are 0..{counts_ijk[normal_axis] - 1}"
         )
     pixel_to_ijk = np.zeros((4, 4))
     pixel_to_ijk[column_axis, 0] = column_sign

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from mimo.output import (
 from mimo.segments import Segment
 from mimo.terminology import Terminology
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("MIMO_SHARED_DATA", REPO.parent / "shared" / "data"))
+from conftest import SHARED_DATA  # noqa: E402
+
 CT3SLICE = SHARED_DATA / "volumes" / "dcmqi_ct3slice"
 
 # Anisotropic voxels, axes permuted and flipped: i runs along +S (1.3 mm), j along -A (0.7 mm), k along -R (2.5 mm).

@@ -2,13 +2,12 @@
 
 Run: cd <repo> && PYTHONPATH=MIMOAssistant python -m pytest Testing/Python/test_terminology.py -q
 
-Tests that read the shared real-data folder (../shared/data, or $MIMO_DATA_DIR) skip when it is
+Tests that read the shared real-data folder (../shared/data, or $MIMO_SHARED_DATA) skip when it is
 absent; tests that need 3D Slicer's logic (the slicer-core package) skip when it is not installed.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from mimo.terminology import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("MIMO_DATA_DIR", REPO.parent / "shared" / "data"))
+from conftest import SHARED_DATA as DATA_DIR  # noqa: E402
 
 SCT = "SCT"
 LEFT, RIGHT, BOTH = "7771000", "24028007", "51440002"
@@ -288,7 +287,7 @@ def test_totalsegmentator_list_complete():
 def test_totalsegmentator_labels_json(term):
     path = DATA_DIR / "volumes" / "totalseg_example" / "labels.json"
     if not path.is_file():
-        pytest.skip(f"shared data not found at {path} (set MIMO_DATA_DIR)")
+        pytest.skip(f"shared data not found at {path} (set MIMO_SHARED_DATA)")
     labels = json.loads(path.read_text())
     custom = set()
     for task, mapping in labels.items():
@@ -305,7 +304,7 @@ def test_totalsegmentator_labels_json(term):
 def test_open2d_manifest_targets(term):
     path = DATA_DIR / "open2d" / "manifest.jsonl"
     if not path.is_file():
-        pytest.skip(f"shared data not found at {path} (set MIMO_DATA_DIR)")
+        pytest.skip(f"shared data not found at {path} (set MIMO_SHARED_DATA)")
     targets = set()
     with open(path) as f:
         for line in f:
@@ -320,7 +319,7 @@ def test_open2d_manifest_targets(term):
 def test_dcmqi_codes(term):
     path = DATA_DIR / "volumes" / "dcmqi_ct3slice" / "seg-example_multiple_segments.json"
     if not path.is_file():
-        pytest.skip(f"shared data not found at {path} (set MIMO_DATA_DIR)")
+        pytest.skip(f"shared data not found at {path} (set MIMO_SHARED_DATA)")
     meta = json.loads(path.read_text())
     seen = 0
     for group in meta["segmentAttributes"]:
@@ -337,7 +336,7 @@ def test_dcmqi_codes(term):
 def test_aal_regions_resolve(term):
     path = DATA_DIR / "volumes" / "mricron_colin27_aal" / "aal.nii.txt"
     if not path.is_file():
-        pytest.skip(f"shared data not found at {path} (set MIMO_DATA_DIR)")
+        pytest.skip(f"shared data not found at {path} (set MIMO_SHARED_DATA)")
     names = [line.split()[1] for line in path.read_text().splitlines() if line.strip()]
     assert len(names) == 116
     coded = [n for n in names if not term.lookup(n).custom]
