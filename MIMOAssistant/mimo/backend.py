@@ -242,4 +242,8 @@ def create_backend(name: str, model: str | None = None, device: str = "auto", **
         from .backends.litemedsam import LiteMedSAMBackend
 
         return LiteMedSAMBackend(checkpoint=model, device=device, **options)
-    raise BackendError(f"unknown backend {name!r}; available: litemedsam")
+    if name == "mimo":
+        from .backends.mimo import MimoBackend
+
+        return MimoBackend(model, device=device, **options)
+    raise BackendError(f"unknown backend {name!r}; available: litemedsam, mimo")

@@ -145,6 +145,8 @@ class LanguageModelConfig:
     """transformers config of the LM as a dict (``model_type`` names the architecture)."""
     weights: str | None = None
     """Local directory of pretrained LM weights (referenced, not copied), or None: from scratch."""
+    dtype: str = "float32"
+    """Precision the referenced LM weights are read in (``bfloat16`` halves a 7B model's memory)."""
     training: str = "full"
     """``full`` (every weight trains and is saved), ``lora`` (peft adapters) or ``frozen``."""
     lora_r: int = 8
@@ -155,6 +157,8 @@ class LanguageModelConfig:
     def validate(self) -> None:
         if not self.config.get("model_type"):
             raise BackendError("language_model.config needs a model_type (e.g. 'llama')")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise BackendError(f"language model dtype {self.dtype!r} is not one of float32, bfloat16, float16")
         if self.training not in ("full", "lora", "frozen"):
             raise BackendError(f"language model training {self.training!r} is not one of full, lora, frozen")
 
@@ -206,7 +210,7 @@ class MimoConfig:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MimoConfig":
+    def from_dict(cls, data: dict) -> MimoConfig:
         """Inverse of :meth:`to_dict`; refuses other formats, other versions and unknown fields."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BackendError(f"not a MIMO configuration (format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
@@ -297,6 +301,6 @@ def mimo_7b_config(
             kind="vision_model", vision_config=vision_config, weights=vision_model_path, image_size=image_size
         ),
         aligner=AlignerConfig(hidden_size=1024, num_queries=64, num_layers=2, num_heads=16, image_token_grid=24),
-        language_model=LanguageModelConfig(config=text_config, weights=text_model_path, training="lora"),
+        language_model=LanguageModelConfig(config=text_config, weights=text_model_path, dtype="bfloat16", training="lora"),
         segmentation=SegmentationConfig(num_seg_tokens=1),
     )

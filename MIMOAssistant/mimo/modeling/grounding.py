@@ -98,7 +98,7 @@ class LiteMedSamGrounding(GroundingModel):
         self.mask_decoder = network.mask_decoder
 
     @classmethod
-    def build(cls, config: GroundingConfig) -> "LiteMedSamGrounding":
+    def build(cls, config: GroundingConfig) -> LiteMedSamGrounding:
         """The LiteMedSAM architecture, with the package's pretrained weights unless ``weights`` is None.
 
         The weights file's SHA-256 is compared with the one recorded in the configuration (a
@@ -166,7 +166,7 @@ class SamGrounding(GroundingModel):
         self.mask_decoder = sam.mask_decoder
 
     @classmethod
-    def build(cls, config: GroundingConfig) -> "SamGrounding":
+    def build(cls, config: GroundingConfig) -> SamGrounding:
         from transformers import SamConfig, SamModel
 
         if config.weights is None:

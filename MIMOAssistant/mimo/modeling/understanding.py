@@ -82,5 +82,5 @@ class UnderstandingEncoder(nn.Module):
         tokens = outputs.hidden_states[self.feature_layer]
         if tokens.shape[1] == self.grid * self.grid + 1:  # CLIP prepends a class token
             tokens = tokens[:, 1:]
-        batch, count, channels = tokens.shape
+        batch, _, channels = tokens.shape
         return tokens.transpose(1, 2).reshape(batch, channels, self.grid, self.grid)

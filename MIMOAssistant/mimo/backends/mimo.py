@@ -1,0 +1,115 @@
+"""The MIMO backend: the project's own medical VLM, answering in text with grounded masks.
+
+A session keeps what the image encoders computed (the grounding embedding and the
+understanding features), so every further question on the same slice costs only the aligner,
+the language model and the mask decoder. The model runs in bfloat16 on a CUDA GPU when there is
+one, else in float32 on the CPU.
+
+Any visual prompt may come with a question: the k-th prompt is referred to as the k-th
+``<region>`` of the question (added in front of it when the question does not say where) and
+is also given to the mask decoder for the k-th mask the model writes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..backend import (
+    ALL_PROMPT_TYPES,
+    Answer,
+    Backend,
+    BackendInfo,
+    Capabilities,
+    ProgressCallback,
+    SliceImage,
+    Turn,
+    check_cancel,
+)
+from ..errors import BackendError, Cancelled
+
+
+@dataclass
+class _EncodedSlice:
+    geometry: object  # mimo.modeling.ImageGeometry
+    features: object  # mimo.modeling.ImageFeatures
+    encode_seconds: float
+    answered: bool = False
+
+
+class MimoBackend(Backend):
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        max_sessions: int = 8,
+        max_new_tokens: int = 128,
+        **weight_paths: str,
+    ) -> None:
+        """Load the checkpoint at ``model_path`` once.
+
+        ``weight_paths`` (``text_model_path``, ``vision_model_path``, ``sam_model_path``) say
+        where the referenced parts of a large model now live, if not where it was trained.
+        """
+        super().__init__(max_sessions=max_sessions)
+        if model_path is None:
+            raise BackendError("the mimo backend needs a model: the path of a MIMO checkpoint directory")
+        from ..modeling import load_mimo
+        from ..models.litemedsam import resolve_device
+
+        self.device = resolve_device(device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model_path = Path(model_path)
+        self.model, self.processor = load_mimo(self.model_path, device=self.device, dtype=dtype, **weight_paths)
+        self.max_new_tokens = max_new_tokens
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            name="mimo",
+            version=__version__,
+            model=f"{self.model_path.name} ({self.model.config.preset})",
+            device=str(self.device),
+            capabilities=Capabilities(text_answers=True, prompt_types=ALL_PROMPT_TYPES, requires_prompt=False),
+        )
+
+    def _encode(self, image: SliceImage) -> _EncodedSlice:
+        start = time.perf_counter()
+        inputs = self.processor.preprocess_image(image)
+        with torch.inference_mode():
+            features = self.model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values)
+        return _EncodedSlice(inputs.geometry, features, time.perf_counter() - start)
+
+    def _answer(self, image: SliceImage, state: _EncodedSlice, turn: Turn, progress: ProgressCallback, cancel: threading.Event | None) -> Answer:
+        inputs = self.processor(state.geometry, turn.question, turn.prompts, turn.history)
+        produced = [0]
+
+        def on_token(_token_id: int) -> None:
+            produced[0] += 1
+            progress("generate", min(produced[0] / self.max_new_tokens, 1.0))
+
+        progress("generate", 0.0)
+        generation = self.model.generate(
+            **inputs, image_features=state.features, max_new_tokens=self.max_new_tokens, on_token=on_token, cancel=cancel
+        )
+        if generation.stop_reason == "cancelled":
+            raise Cancelled("the turn was cancelled")
+        check_cancel(cancel)
+        progress("decode_masks", 1.0)
+        timings = {
+            "encode_s": 0.0 if state.answered else state.encode_seconds,
+            "generate_s": generation.timings["generate_s"],
+            "decode_masks_s": generation.timings["decode_masks_s"],
+        }
+        answer = self.processor.to_answer(generation.token_ids, generation.mask_logits, state.geometry, timings)
+        answer.extra.update(
+            new_tokens=int(generation.timings["new_tokens"]),
+            stop_reason=generation.stop_reason,
+            image_embedding_cached=state.answered,
+        )
+        state.answered = True
+        return answer

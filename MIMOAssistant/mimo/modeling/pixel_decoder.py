@@ -1,0 +1,90 @@
+"""From ``<SEG>`` hidden states to masks: the projection and the prompting of SAM's mask decoder.
+
+The last hidden state at each ``<SEG>`` token is projected (an MLP, as in LISA) to
+``num_seg_tokens`` sparse prompt embeddings of the grounding model. When the turn carries visual
+prompts, the k-th ``<SEG>`` of a sample is also given the k-th visual prompt through SAM's own
+prompt encoder: a box (a lasso's bounding box, a scribble's grown bounding box) as two box
+corners, a point as a labelled point plus SAM's padding point. LiteMedSAM's box embeddings are
+trained, so a user's box makes the mask as good as the segmenter's, and the ``<SEG>`` token adds
+what the text says.
+
+Masks with the same number of prompt tokens are decoded together, the others in their own
+groups, so that every mask sees exactly its own prompt tokens, the same whether it is
+decoded alone at inference or in a training batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .grounding import GroundingModel
+from .visual_prompt import POINT_TYPES, REGION_TYPES
+
+BOX_CORNER_LABELS = (2, 3)
+
+
+class SegProjection(nn.Module):
+    def __init__(self, hidden_size: int, prompt_dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.prompt_dim = prompt_dim
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, prompt_dim * num_tokens))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(K, H) -> (K, num_tokens, prompt_dim)."""
+        return self.mlp(hidden).reshape(hidden.shape[0], self.num_tokens, self.prompt_dim)
+
+
+def decoder_prompt(region_type: int, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM point coordinates (N, 2) and labels (N,) for one visual prompt; box in canvas pixels."""
+    if region_type in POINT_TYPES:
+        label = 1 if region_type == REGION_TYPES["point"] else 0
+        coords = torch.stack([box[:2], torch.zeros_like(box[:2])])  # SAM pads a lone point
+        labels = torch.tensor([label, -1], device=box.device)
+        return coords, labels
+    return box.reshape(2, 2), torch.tensor(BOX_CORNER_LABELS, device=box.device)
+
+
+def decode_seg_masks(
+    grounding: GroundingModel,
+    image_embeddings: torch.Tensor,
+    seg_prompts: torch.Tensor,
+    seg_batch_index: torch.Tensor,
+    seg_region_index: torch.Tensor,
+    region_types: torch.Tensor,
+    decoder_boxes: torch.Tensor,
+    use_visual_prompts: bool,
+) -> torch.Tensor:
+    """Mask logits (K, m, m), one per ``<SEG>``.
+
+    ``seg_prompts`` (K, T, C) are the projected ``<SEG>`` states; ``seg_batch_index`` (K,) the
+    sample of each; ``seg_region_index`` (K,) which of the sample's visual prompts goes with it
+    (-1 or out of range: none). ``region_types`` (B, R) and ``decoder_boxes`` (B, R, 4).
+    """
+    count = seg_prompts.shape[0]
+    if count == 0:
+        size = 4 * image_embeddings.shape[-1]  # SAM's decoder upsamples its grid four times
+        return image_embeddings.new_zeros((0, size, size))
+    extras: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    for k in range(count):
+        b, r = int(seg_batch_index[k]), int(seg_region_index[k])
+        if use_visual_prompts and 0 <= r < region_types.shape[1] and int(region_types[b, r]) >= 0:
+            extras.append(decoder_prompt(int(region_types[b, r]), decoder_boxes[b, r]))
+        else:
+            extras.append(None)
+    groups: dict[int, list[int]] = {}
+    for k, extra in enumerate(extras):
+        groups.setdefault(0 if extra is None else len(extra[1]), []).append(k)
+    logits: list[torch.Tensor | None] = [None] * count
+    for length, members in groups.items():
+        index = torch.tensor(members, device=seg_prompts.device)
+        sparse = seg_prompts[index]
+        if length:
+            coords = torch.stack([extras[k][0] for k in members])
+            labels = torch.stack([extras[k][1] for k in members])
+            sparse = torch.cat([sparse, grounding.embed_points(coords, labels).to(sparse.dtype)], dim=1)
+        group_logits = grounding.decode(image_embeddings[seg_batch_index[index]], sparse)
+        for position, k in enumerate(members):
+            logits[k] = group_logits[position]
+    return torch.stack(logits)
