@@ -111,3 +111,11 @@ def save_mimo(model: MimoForConditionalGeneration, processor: MimoProcessor, dir
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
 
+
+
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent.parent / "resources" / "mimo-tiny"
+
+
+def embedded_checkpoint() -> Path | None:
+    """The mimo-tiny checkpoint shipped inside the package, when this installation has one."""
+    return EMBEDDED_CHECKPOINT if (EMBEDDED_CHECKPOINT / "model.safetensors").is_file() else None

@@ -1,0 +1,178 @@
+"""Evaluation: metrics, perfect-prediction sanity, and full reports with the baselines.
+
+The report tests run a tiny random MIMO checkpoint (mimo.training.synthetic) on generated
+images and the real LiteMedSAM as the box baseline. The open2d tests read ../shared/data
+(skipped when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+
+pytest.importorskip("transformers")
+
+from mimo.evaluation import metrics
+from mimo.evaluation.cli import add_eval_arguments, evaluate, run_eval
+from mimo.evaluation.predictors import LiteMedSAMPredictor, ReferencePredictor
+from mimo.training.synthetic import (
+    write_synthetic_folder,
+    write_synthetic_manifest,
+    write_tiny_checkpoint,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    write_synthetic_folder(root / "folder", images_per_dataset=3)
+    write_synthetic_manifest(root / "manifest", images_per_dataset=3)
+    write_tiny_checkpoint(root / "tiny")
+    return root
+
+
+def eval_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args([*argv, "--no-progress"])
+
+
+def walk_numbers(node, path=""):
+    """Every (path, value) of a metric in the aggregated report."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk_numbers(value, f"{path}/{key}")
+    elif isinstance(node, float):
+        yield path, node
+
+
+# ----- metrics --------------------------------------------------------------------------------
+
+
+def test_metrics_score_the_references_perfectly():
+    rng = np.random.default_rng(0)
+    reference = rng.random((30, 40)) > 0.6
+    assert metrics.dice(reference, reference) == 1.0 and metrics.iou(reference, reference) == 1.0
+    assert metrics.dice(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+    half = reference.copy()
+    half[:15] = False
+    assert 0 < metrics.iou(half, reference) < metrics.dice(half, reference) < 1
+    assert metrics.dice(~reference, reference) == 0.0
+    assert metrics.match_masks([reference], [reference])[0].sum() == reference.sum()
+    left, right = reference.copy(), reference.copy()
+    left[:, 20:], right[:, :20] = False, False
+    assert metrics.dice(metrics.match_masks([left, right], [reference])[0], reference) == 1.0, "one structure in two parts"
+
+    for target in ("polyp", "lungs", "COVID-19 infection", "cell membranes", "left kidney", "some new structure"):
+        assert metrics.naming_correct(f"This is the {target}.", [target], target)
+    assert metrics.naming_correct("These are polyps.", [], "polyp"), "known terms in the text when nothing is grounded"
+    assert not metrics.naming_correct("This is the liver.", ["liver"], "spleen")
+    assert not metrics.naming_correct("This is the left kidney.", ["left kidney"], "right kidney")
+
+    for answer, closed, candidates in [
+        ("Yes, there is a polyp in this colonoscopy image.", "yes", ()),
+        ("No.", "no", ()),
+        ("The diagnosis is non-COVID pneumonia.", "non-covid pneumonia", ("covid-19", "normal")),
+        ("This chest X-ray shows pneumonia that is not caused by COVID-19.", "non-covid pneumonia", ("covid-19", "normal")),
+        ("It shows COVID-19.", "covid-19", ("non-covid pneumonia", "normal")),
+        ("This is an electron micrograph of neural tissue.", "electron microscopy", ("microscopy", "ultrasound")),
+        ("Benign.", "benign", ("malignant",)),
+    ]:
+        assert metrics.exact_match(answer, closed, answer, candidates), answer
+        assert metrics.exact_match(answer, closed, None, candidates), answer
+    assert not metrics.exact_match("No, there is none.", "yes")
+    assert not metrics.exact_match("It is malignant.", "benign", None, ("malignant",))
+    assert not metrics.exact_match("COVID-19 or normal, hard to say.", "normal", None, ("covid-19",)), "two answers are no answer"
+    assert metrics.false_mask([np.zeros((3, 3), bool), np.eye(3, dtype=bool)]) and not metrics.false_mask([np.zeros((3, 3), bool)])
+
+
+def test_perfect_answers_score_one_everywhere(workspace, tmp_path):
+    reference = ReferencePredictor()
+    for data in (workspace / "folder", workspace / "manifest" / "manifest.jsonl"):
+        out = tmp_path / data.stem / "report.json"
+        report = evaluate(eval_args("--model", "reference", "--data", str(data), "--out", str(out), "--split", "all"),
+                          model=reference, litemedsam=reference, log=lambda message: None)
+        overall = report["metrics"]["overall"]
+        assert {"text_seg", "prompt_perception", "negative", "vqa"} <= set(overall)
+        for perspective, summary in overall.items():
+            for key in ("dice", "miou", "naming_accuracy", "exact_match"):
+                if key in summary:
+                    assert summary[key] == 1.0, (data, perspective, key)
+            if "false_mask_rate" in summary:
+                assert summary["false_mask_rate"] == 0.0
+        assert overall["prompt_perception"]["naming_accuracy"] == 1.0 and overall["vqa"]["exact_match"] == 1.0
+        assert all(report["baselines"]["overall"][s]["dice"] == 1.0 for s in ("mimo_box", "mimo_text", "litemedsam_box"))
+
+
+# ----- full reports ---------------------------------------------------------------------------
+
+
+def check_report(out, datasets: set[str]) -> dict:
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").stat().st_size > 5000
+    assert report["command"].startswith("mimo-assistant eval --model ") and "--data" in report["command"]
+    metrics_ = report["metrics"]
+    assert set(metrics_["by_dataset"]) == datasets
+    assert set(metrics_) == {"overall", "by_dataset", "by_modality", "by_target"}
+    baselines = report["baselines"]
+    assert baselines["systems"] == ["mimo_box", "mimo_text", "litemedsam_box"]
+    assert set(baselines["by_dataset"]) == datasets and baselines["by_target"]
+    numbers = list(walk_numbers(metrics_)) + list(walk_numbers(baselines))
+    assert numbers and all(0.0 <= value <= 1.0 for path, value in numbers if not path.endswith("box_margin_px")), numbers
+    markdown = out.with_suffix(".md").read_text()
+    assert "LiteMedSAM + box Dice" in markdown and "MIMO, text only Dice" in markdown and "report.png" in markdown
+    return report
+
+
+def test_eval_writes_json_markdown_and_chart_with_the_baselines(workspace, tmp_path, litemedsam):
+    out = tmp_path / "reports" / "report.json"
+    args = eval_args("--model", str(workspace / "tiny"), "--data", str(workspace / "folder"), "--out", str(out),
+                     "--split", "test", "--max-new-tokens", "6")
+    evaluate(args, litemedsam=LiteMedSAMPredictor(backend=litemedsam), log=lambda message: None)
+    report = check_report(out, {"synth_us", "synth_endo", "synth_ct"})
+    assert report["data"]["kind"] == "data-builder folder" and report["data"]["images"] == 3
+    assert report["model"]["preset"] == "mimo-tiny" and len(report["model"]["weights_sha256"]) == 64
+    litemedsam = report["baselines"]["overall"]["litemedsam_box"]["dice"]
+    assert litemedsam > 0.8, f"LiteMedSAM with a box on bright shapes: {litemedsam}"
+    perspectives = report["metrics"]["overall"]
+    assert "naming_accuracy" in perspectives["prompt_perception"] and "false_mask_rate" in perspectives["negative"]
+    assert "exact_match" in perspectives["vqa"] and set(report["metrics"]["by_target"]) >= {"cyst", "polyp", "left kidney"}
+    assert report["timings"]["model_encode_s_per_image"] is not None
+
+    assert run_eval(eval_args("--model", str(workspace / "tiny"), "--data", str(workspace / "nothing"), "--out", str(out))) == 2
+
+
+def test_eval_on_the_open2d_manifest(workspace, tmp_path, litemedsam):
+    manifest = shared_path("open2d", "manifest.jsonl")
+    out = tmp_path / "open2d" / "report.json"
+    args = eval_args("--model", str(workspace / "tiny"), "--data", str(manifest), "--out", str(out), "--split", "test",
+                     "--max-per-dataset", "1", "--datasets", "kvasir_seg,busi", "--max-new-tokens", "4")
+    evaluate(args, litemedsam=LiteMedSAMPredictor(backend=litemedsam), log=lambda message: None)
+    report = check_report(out, {"kvasir_seg", "busi"})
+    assert report["data"]["kind"] == "manifest"
+    assert {"text_seg", "box_seg", "prompt_perception", "negative", "vqa"} == set(report["metrics"]["overall"])
+
+
+def test_reference_answers_on_open2d_score_perfectly(tmp_path):
+    manifest = shared_path("open2d", "manifest.jsonl")
+    reference = ReferencePredictor()
+    report = evaluate(eval_args("--model", "reference", "--data", str(manifest), "--out", str(tmp_path / "r.json"),
+                                "--split", "all", "--max-per-dataset", "2", "--baselines", "text"),
+                      model=reference, log=lambda message: None)
+    assert len(report["metrics"]["by_dataset"]) == 10
+    for perspective, summary in report["metrics"]["overall"].items():
+        for key in ("dice", "naming_accuracy", "exact_match"):
+            assert summary.get(key, 1.0) == 1.0, (perspective, key)
