@@ -246,4 +246,10 @@ def create_backend(name: str, model: str | None = None, device: str = "auto", **
         from .backends.mimo import MimoBackend
 
         return MimoBackend(model, device=device, **options)
-    raise BackendError(f"unknown backend {name!r}; available: litemedsam, mimo")
+    if name == "remote":
+        from .backends.remote import RemoteBackend
+
+        if not model:
+            raise BackendError("the remote backend needs the server URL as its model, e.g. http://127.0.0.1:8765")
+        return RemoteBackend(model, **options)  # token=, consent=, timeout=, retries=; the device is the server's
+    raise BackendError(f"unknown backend {name!r}; available: litemedsam, mimo, remote")

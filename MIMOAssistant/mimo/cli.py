@@ -3,7 +3,14 @@
     mimo-assistant ask IMAGE "QUESTION" [--box X0 Y0 X1 Y1]... [--point X Y [--negative]]...
         [--scribble "x,y x,y ..."]... [--lasso "x,y ..."]... [--axis axial|coronal|sagittal --slice K]
         [--backend NAME] [--model PATH] --out OUT [--json]
+    mimo-assistant ask ... --server URL [--token-file F]
+    mimo-assistant serve [--host 127.0.0.1] [--port 8765] [--backend NAME] [--model PATH] [--token-file F]
     mimo-assistant demo [--out-dir DIR]
+
+``ask --server URL`` sends the turn to a running ``mimo-assistant serve`` instead of loading a
+model here, and writes the same outputs. Giving ``--server`` is the user's consent to send the
+slice's pixels, pixel size, modality and the question and prompts to that server (never the
+file's patient name, identifiers, dates or other DICOM tags: they do not leave this machine).
 
 Coordinates are pixel column x and row y of the 2D image, or of the chosen slice as Slicer
 displays it. Errors print one line naming the problem and exit with status 2; nothing is
@@ -73,6 +80,13 @@ def _add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output: .seg.nrrd, .nii.gz, .png (2D input) or .dcm (DICOM SEG, DICOM input)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="ask a running 'mimo-assistant serve' at URL instead of a local model; giving it is your consent to send "
+        "the slice pixels, pixel size, modality, question and prompts there (no patient name, IDs or DICOM tags)",
+    )
+    parser.add_argument("--token-file", help="file holding the server's bearer token (with --server)")
 
 
 def check_output_path(out: Path, is_2d: bool, is_dicom: bool, overwrite: bool) -> None:
@@ -105,7 +119,7 @@ def run_ask(args: argparse.Namespace) -> dict:
     geometry = default_geometry(volume, args.axis, args.slice)
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    backend = create_backend(args.backend, args.model, args.device)
+    backend = _remote_backend(args) if getattr(args, "server", None) else create_backend(args.backend, args.model, args.device)
     timings["model_load_s"] = time.perf_counter() - start
     result = ask_volume(backend, volume, args.question, list(getattr(args, "prompts", None) or []), geometry, window=args.window)
     timings["encode_s"] = backend.last_encode_seconds
@@ -126,6 +140,90 @@ def run_ask(args: argparse.Namespace) -> dict:
     }
 
 
+def _remote_backend(args: argparse.Namespace):
+    """The server named by ``--server``: passing it explicitly is the consent to send the slice."""
+    from .backends.remote import RemoteBackend, read_token
+
+    if args.model or args.device != "auto":
+        raise MimoError("--model and --device choose a local model; with --server the server's model answers")
+    token = read_token(args.token_file) if args.token_file else None
+    return RemoteBackend(args.server, token=token, consent=True)
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --token-file)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    parser.add_argument("--backend", default="litemedsam", help="backend name (default: litemedsam)")
+    parser.add_argument("--model", help="model checkpoint path (default: the backend's bundled weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--token-file", help="file holding the bearer token clients must send (required beyond loopback)")
+    parser.add_argument("--session-ttl", type=float, default=900.0, help="seconds an idle session keeps its embedding (default 900)")
+    parser.add_argument("--max-sessions", type=int, default=64, help="sessions kept at once (default 64)")
+    parser.add_argument("--queue-size", type=int, default=32, help="requests waiting for the model before 503 (default 32)")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest slice accepted, rows x cols")
+    parser.add_argument("--max-body-mb", type=float, default=96.0, help="largest request body in MiB (default 96)")
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="private key of --ssl-certfile")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    try:
+        from .server.app import ServerConfig, serve
+    except ImportError as error:
+        raise MimoError(f"the server needs FastAPI and uvicorn: pip install 'fastapi>=0.110' 'uvicorn>=0.29' ({error})") from None
+    if args.session_ttl <= 0 or args.max_sessions < 1 or args.queue_size < 1 or args.max_image_pixels < 4 or args.max_body_mb <= 0:
+        raise MimoError("--session-ttl, --max-sessions, --queue-size, --max-image-pixels and --max-body-mb must be positive")
+    config = ServerConfig(
+        max_image_pixels=args.max_image_pixels,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        session_ttl_s=args.session_ttl,
+        max_sessions=args.max_sessions,
+        queue_capacity=args.queue_size,
+    )
+    serve(args.host, args.port, args.backend, args.model, args.device, args.token_file, config, args.log_level, args.ssl_certfile, args.ssl_keyfile)
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", nargs="?", help="image to time on (default: the demo's CT slice)")
+    parser.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), help="box prompt (default: the demo's box)")
+    parser.add_argument("--question", default="Segment the structure in the box.")
+    parser.add_argument("--model", help="MIMO checkpoint to time beside LiteMedSAM (default: the embedded mimo-tiny when present)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=5, help="asks per backend on the cached embedding (default 5)")
+    parser.add_argument("--remote", action="store_true", help="also time a loopback server: latency, bytes, throughput")
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from .assistant import default_geometry, slice_image
+    from .backend import create_backend
+    from .bench import bench_backend, format_table
+    from .demo import DEMO_BOX, demo_image_path
+    from .image import load_image
+    from .prompts import BoxPrompt
+
+    volume = load_image(args.image or demo_image_path())
+    image = slice_image(volume, default_geometry(volume))
+    prompts = [BoxPrompt(*(args.box or DEMO_BOX))]
+    rows = [bench_backend(create_backend("litemedsam", device=args.device), image, args.question, prompts, args.repeats)]
+    model = args.model or _embedded_mimo()
+    if model:
+        rows.append(bench_backend(create_backend("mimo", model, args.device), image, args.question, prompts, args.repeats))
+    print(f"image: {args.image or demo_image_path().name} {image.shape}, box {prompts[0]}")
+    print(format_table(rows))
+    if args.remote:
+        from .server.bench import bench_remote
+
+        bench_remote(image, tuple(args.box or DEMO_BOX), args.question, volume=volume.array)
+
+
+def _embedded_mimo() -> str | None:
+    from .modeling.presets import embedded_checkpoint
+
+    path = embedded_checkpoint()
+    return str(path) if path else None
+
+
 def _print_human(report: dict) -> None:
     print(report["answer"])
     for segment in report["segments"]:
@@ -140,16 +238,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_ask_arguments(commands.add_parser("ask", help="ask one question about an image, write the segments"))
+    _add_serve_arguments(commands.add_parser("serve", help="serve a backend over HTTP for Slicer and 'ask --server'"))
+    _add_bench_arguments(commands.add_parser("bench", help="print timings of the backends on one image and prompt"))
+    from .data.cli import add_data_arguments
+    from .evaluation.cli import add_eval_arguments
+    from .training.cli import add_train_arguments
+
+    data = commands.add_parser("data", help="build instruction data (MIMO perspectives) from segmentation data")
+    add_data_arguments(data.add_subparsers(dest="data_command", required=True).add_parser(
+        "build", help="manifests + labelled volumes -> samples.jsonl + datasheet"))
+    add_train_arguments(commands.add_parser("train", help="train a MIMO model from a JSON/YAML configuration"))
+    add_eval_arguments(commands.add_parser("eval", help="evaluate a MIMO checkpoint with baselines; writes report.json, .md and .png"))
     demo = commands.add_parser("demo", help="run the assistant on an embedded sample image")
     demo.add_argument("--out-dir", default="mimo-demo", help="folder for the outputs (default ./mimo-demo)")
     demo.add_argument("--backend", default="litemedsam")
     demo.add_argument("--model")
     demo.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    # These print their own one-line errors and return their exit status (0, 2, or 3: diverged).
+    if args.command == "data":
+        from .data.cli import run_data_build
+
+        return run_data_build(args)
+    if args.command == "train":
+        from .training.cli import run_train
+
+        return run_train(args)
+    if args.command == "eval":
+        from .evaluation.cli import run_eval
+
+        return run_eval(args)
     try:
         if args.command == "ask":
             report = run_ask(args)
             print(json.dumps(report, indent=2)) if args.json else _print_human(report)
+        elif args.command == "serve":
+            run_serve(args)
+        elif args.command == "bench":
+            run_bench(args)
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -53,6 +53,9 @@ def group_prompts(prompts: list[Prompt], shape: tuple[int, int]) -> list[Region]
     for point in (p for p in prompts if isinstance(p, PointPrompt)):
         home = None
         for region in regions:
+            if region.prompt is None:  # a region made of points only: a later point joins the first such region
+                home = region
+                break
             x0, y0, x1, y1 = prompt_bbox(region.prompt, shape)
             if x0 <= point.x <= x1 and y0 <= point.y <= y1:
                 home = region
