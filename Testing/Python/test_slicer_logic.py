@@ -3,7 +3,9 @@ markups prompts, segments with terminology, and a whole turn with the real LiteM
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -674,3 +676,422 @@ def test_cmake_lists_every_python_file_and_resource():
     assert files - listed == set(), f"Python files missing from CMakeLists.txt: {sorted(files - listed)}"
     assert resources - listed == set(), f"resources missing from CMakeLists.txt: {sorted(resources - listed)}"
     assert {name for name in listed if not (MODULE_DIR / name).exists()} == set()
+
+
+# ---------------------------------------------------------------------------------------
+# Turns off the GUI thread, output modes, undo, review, propagation, conversation, backends
+
+from MIMOAssistantLib import (  # noqa: E402
+    ADD,
+    LABEL_ALL_QUESTION,
+    REPLACE,
+    BackendConfig,
+    BackgroundTask,
+    ConsentRequired,
+    ConsentStore,
+    MemorySettings,
+    PropagationSettings,
+    missingPackages,
+    requiredPackages,
+    runToCompletion,
+)
+from MIMOAssistantLib import conversation as chat  # noqa: E402
+
+
+def disk_phantom(slices=9, first=2, last=6):
+    """A CT-like volume with a bright cylinder (radius 15 px) through slices first..last."""
+    k, j, i = np.mgrid[0:slices, 0:96, 0:96]
+    disk = ((j - 50) ** 2 + (i - 40) ** 2 <= 15**2) & (k >= first) & (k <= last)
+    array = np.where(disk, 150, -900).astype(np.int16) + np.random.default_rng(2).integers(-10, 10, disk.shape).astype(np.int16)
+    return slicer.util.addVolumeFromArray(array, np.diag([-0.8, -0.8, 3.0, 1.0]), "phantom"), disk
+
+
+def roi_on(geometry, centre=(40.0, 50.0), half=18.0, name="box"):
+    corners = geometry.pixels_to_ras(np.array([[centre[0] - half, centre[1] - half], [centre[0] + half, centre[1] + half]]))
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetCenterWorld(corners.mean(axis=0))
+    roi.SetSizeWorld(np.abs(corners[1] - corners[0]))
+    return roi
+
+
+def test_turn_on_a_worker_thread_reports_progress_and_can_be_stopped(slicer_scene, litemedsam):
+    """prepare (main thread) -> compute (worker, no MRML) -> apply (main thread); a stopped
+    turn ends CANCELLED and leaves the scene as it was."""
+    volume_node, disk = disk_phantom()
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    roi = roi_on(geometry)
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    request = logic.prepareTurn(volume_node, geometry, "Segment the kidney", [roi])
+    assert request.image.pixels.shape == (96, 96, 3) and len(request.prompts) == 1
+    main_thread = threading.current_thread()
+    worker_threads = []
+
+    def work(progress, cancel):
+        worker_threads.append(threading.current_thread())
+        return logic.computeTurn(request, progress, cancel)
+
+    stages = []
+    event = runToCompletion(BackgroundTask(work), lambda e: stages.append(e.kind), timeout=120)
+    assert event.kind == "done" and worker_threads[0] is not main_thread
+    assert "progress" in stages and stages[-1] == "done"
+    answer, segment_ids, segmentation_node = logic.applyTurn(request, event.result)
+    assert len(segment_ids) == 1 and dice(read_back(segmentation_node, segment_ids[0], volume_node)[4], disk[4]) > 0.85
+
+    nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+    task = BackgroundTask(lambda progress, cancel: logic.computeTurn(request, progress, cancel))
+    task.cancel()  # Stop pressed before the worker got going
+    assert runToCompletion(task, timeout=60).kind == "cancelled"
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
+    assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_new_add_replace_and_undo(slicer_scene, litemedsam):
+    """New segments never overwrite; 'add to' and 'replace' change only the chosen segment;
+    the module's undo removes exactly the answer's segments and restores changed ones; the
+    scene's own undo reverts an answer in one step."""
+    volume_node, disk = disk_phantom()
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    request = logic.prepareTurn(volume_node, geometry, "Segment the kidney", [roi_on(geometry)])
+    outcome = logic.computeTurn(request)
+
+    segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "annotations")
+    existing = np.zeros(disk.shape, dtype=bool)
+    existing[1, 10:20, 10:20] = True
+    [liver_id] = addSegmentsToSegmentationNode(segmentation_node, volume_node, [make_segment(1, "liver", existing)])
+    segmentation = segmentation_node.GetSegmentation()
+    liver_tag = terminology_tag(segmentation.GetSegment(liver_id))
+
+    _, new_ids, _ = logic.applyTurn(request, outcome, segmentation_node)  # NEW
+    assert len(new_ids) == 1 and segmentation.GetNumberOfSegments() == 2
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), existing)
+    answer_mask = read_back(segmentation_node, new_ids[0], volume_node)
+
+    logic.applyTurn(request, outcome, segmentation_node, liver_id, ADD)
+    assert segmentation.GetNumberOfSegments() == 2
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), existing | answer_mask)
+    assert segmentation.GetSegment(liver_id).GetName() == "liver"  # the chosen segment keeps its identity
+
+    logic.applyTurn(request, outcome, segmentation_node, liver_id, REPLACE)
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), answer_mask)
+    link = logic.transcript[-1]["spans"][0]
+    assert link["segmentId"] == liver_id and link["segmentationNodeID"] == segmentation_node.GetID()
+
+    with pytest.raises(SlicerSceneError, match="choose the segment"):
+        logic.applyTurn(request, outcome, segmentation_node, None, REPLACE)
+
+    assert logic.undoLastTurn(slicer.mrmlScene)  # replace -> the union is back
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), existing | answer_mask)
+    assert logic.undoLastTurn(slicer.mrmlScene)  # add -> the original liver is back
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), existing)
+    assert terminology_tag(segmentation.GetSegment(liver_id)) == liver_tag
+    assert logic.undoLastTurn(slicer.mrmlScene)  # new -> only that segment goes
+    assert segmentation.GetNumberOfSegments() == 1 and segmentation.GetSegment(liver_id) is not None
+    assert not logic.undoLastTurn(slicer.mrmlScene)
+
+    # Review: reject removes the segment, accept tags it.
+    _, ids_a, _ = logic.applyTurn(request, outcome, segmentation_node)
+    _, ids_b, _ = logic.applyTurn(request, outcome, segmentation_node)
+    assert logic.pendingSegments == [(segmentation_node.GetID(), ids_a[0]), (segmentation_node.GetID(), ids_b[0])]
+    assert logic.rejectSegment(slicer.mrmlScene, segmentation_node.GetID(), ids_a[0])
+    assert segmentation.GetSegment(ids_a[0]) is None
+    assert logic.acceptSegment(slicer.mrmlScene, segmentation_node.GetID(), ids_b[0])
+    value = __import__("vtk").reference("")
+    assert segmentation.GetSegment(ids_b[0]).GetTag("MIMO.Review", value) and str(value) == "accepted"
+    assert logic.pendingSegments == []
+
+    # The scene's undo (when the application switches it on): one step per answer.
+    slicer.mrmlScene.SetUndoOn()
+    try:
+        count = segmentation.GetNumberOfSegments()
+        logic.applyTurn(request, outcome, segmentation_node)
+        assert segmentation_node.GetSegmentation().GetNumberOfSegments() == count + 1
+        slicer.mrmlScene.Undo()
+        assert slicer.mrmlScene.GetNodeByID(segmentation_node.GetID()).GetSegmentation().GetNumberOfSegments() == count
+    finally:
+        slicer.mrmlScene.SetUndoOff()
+
+
+def test_grounded_term_link_toggles_visibility_and_centres_the_views(slicer_scene, litemedsam):
+    volume_node, disk = disk_phantom()
+    red, _ = show(slicer_scene, volume_node, "axial", 0)
+    green, _ = show(slicer_scene, volume_node, "coronal", 10, name="Green")
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    _, [segment_id], segmentation_node = logic.ask(volume_node, geometry, "Segment the kidney", [roi_on(geometry)])
+    html = logic.conversationHtml(slicer.mrmlScene)
+    color = logic.transcript[-1]["spans"][0]["color"]
+    assert f'href="mimo-segment:{segmentation_node.GetID()}/{segment_id}"' in html and color in html
+    kind, args = chat.parseLink(f"mimo-segment:{segmentation_node.GetID()}/{segment_id}")
+    assert logic.toggleSegment(slicer.mrmlScene, *args) is False  # shown -> hidden
+    assert not segmentation_node.GetDisplayNode().GetSegmentVisibility(segment_id)
+    assert logic.toggleSegment(slicer.mrmlScene, *args) is True  # hidden -> shown and centred
+    centre = segmentation_node.GetSegmentCenterRAS(segment_id)
+    for slice_node in (red, green):
+        assert abs(slice_node.GetSliceOffset() - float(matrix(slice_node.GetSliceToRAS())[:3, 2] @ centre)) < 1e-3
+    removeSegments(segmentation_node, [segment_id])
+    assert logic.toggleSegment(slicer.mrmlScene, *args) is None
+    assert "line-through" in logic.conversationHtml(slicer.mrmlScene)
+
+
+def test_prompts_are_tied_to_their_view_and_slice(slicer_scene, volume_node):
+    from MIMOAssistantLib import createPromptNode, promptsForSlice, startPlacing, tiePromptToView
+
+    red, red_logic = show(slicer_scene, volume_node, "axial", 5)
+    box = createPromptNode(slicer.mrmlScene, "box")
+    startPlacing(slicer.mrmlScene, box)
+    interaction = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLInteractionNode")
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSelectionNode").GetActivePlaceNodeID() == box.GetID()
+    geometry = sliceGeometryFromSliceNode(red, volume_node)
+    corners = geometry.pixels_to_ras(np.array([[3.0, 3.0], [12.0, 10.0]]))
+    box.AddControlPointWorld(corners.mean(axis=0))
+    box.SetSizeWorld(np.abs(corners[1] - corners[0]))
+    tiePromptToView(box, red)
+    assert box.GetAttribute("MIMO.SliceNodeID") == red.GetID()
+    assert float(box.GetAttribute("MIMO.SliceOffset")) == pytest.approx(red.GetSliceOffset())
+    used, prompts, skipped = promptsForSlice(slicer.mrmlScene, red, volume_node)
+    assert used == [box] and isinstance(prompts[0], BoxPrompt) and skipped == []
+    # Scroll the view: the prompt stays (never deleted) but belongs to its own slice.
+    red_logic.SetSliceOffset(red.GetSliceOffset() + 2 * SPACING[2])
+    used, prompts, skipped = promptsForSlice(slicer.mrmlScene, red, volume_node)
+    assert used == [] and skipped[0][0] is box and "another slice" in skipped[0][1]
+    assert slicer.mrmlScene.GetNodeByID(box.GetID()) is not None
+
+
+def test_view_tracker_follows_the_crosshair(slicer_scene, volume_node):
+    from MIMOAssistantLib import ViewTracker, backgroundVolumeOf
+
+    red, _ = show(slicer_scene, volume_node, "axial", 5)
+    green, _ = show(slicer_scene, volume_node, "coronal", 9, name="Green")
+    tracker = ViewTracker(slicer.mrmlScene)
+    assert tracker.sliceNode() is red  # nothing touched yet: Red
+    slicer_scene.hover(green)
+    assert tracker.sliceNode() is green and backgroundVolumeOf(slicer.mrmlScene, green) is volume_node
+    assert tracker.sliceNode("Red") is red  # a view chosen explicitly wins
+    tracker.detach()
+
+
+def save_slice_overlay(path, volume_node, segmentation_node, segment_id, index_k):
+    """Axial slice ``index_k`` and the coronal slice through the segment's centre, each with the
+    segment blended in its colour, side by side at their physical aspect (README screenshot)."""
+    from mimo.assistant import slice_image
+    from mimo.output import write_overlay_png
+    from PIL import Image
+
+    volume = volumeFromNode(volume_node)
+    mask = read_back(segmentation_node, segment_id, volume_node)
+    color = tuple(round(255 * c) for c in segmentation_node.GetSegmentation().GetSegment(segment_id).GetColor())
+    panels = []
+    for axis, index in (("axial", index_k), ("coronal", int(np.nonzero(mask.any(axis=(0, 2)))[0].mean()))):
+        geometry = sliceGeometryForAxis(volume_node, axis, index)
+        part = path.with_name(f"{path.stem}-{axis}.png")
+        write_overlay_png(part, slice_image(volume, geometry).pixels, [extract_slice(mask, geometry)], [color], alpha=0.45)
+        image = Image.open(part)
+        rows_mm, cols_mm = geometry.shape[0] * geometry.spacing_mm[0], geometry.shape[1] * geometry.spacing_mm[1]
+        scale = 384 / rows_mm
+        panels.append(image.resize((round(cols_mm * scale), 384), Image.NEAREST if axis == "coronal" else Image.BILINEAR))
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8, 384), (255, 255, 255))
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + 8
+    canvas.save(path)
+    return path
+
+
+def test_propagation_through_the_real_spleen(slicer_scene, litemedsam, tmp_path):
+    """From the largest slice of the manual spleen mask (box from the reference), propagate
+    both ways with LiteMedSAM: one 3D segment, Dice >= 0.7 against the 3D reference."""
+    ct_path = shared_path("volumes", "ivadomed_spleen_spine", "sub-spleen2_ct.nii.gz")
+    mask_path = shared_path("volumes", "ivadomed_spleen_spine", "sub-spleen2_ct_seg-manual.nii.gz")
+    volume_node = slicer_scene.load_volume(ct_path, "spleen CT")
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
+    k = int(np.argmax(reference.sum(axis=(1, 2))))
+    slice_node, _ = show(slicer_scene, volume_node, "axial", k)
+
+    volume = volumeFromNode(volume_node)
+    _, jj, ii = np.nonzero(reference[k : k + 1])
+    corners = (volume.ijk_to_ras @ np.array([[i, j, k, 1.0] for i in (ii.min(), ii.max()) for j in (jj.min(), jj.max())]).T).T[:, :3]
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "spleen box")
+    roi.SetCenterWorld((corners.min(axis=0) + corners.max(axis=0)) / 2)
+    roi.SetSizeWorld(corners.max(axis=0) - corners.min(axis=0) + np.array([6.0, 6.0, 0.0]))
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    _, [segment_id], segmentation_node = logic.ask(volume_node, slice_node, "Segment the spleen", [roi])
+    start = read_back(segmentation_node, segment_id, volume_node)
+
+    stages = []
+    result = logic.propagateSegment(volume_node, slice_node, segmentation_node, segment_id, PropagationSettings(), lambda s, f: stages.append(f))
+    mask = read_back(segmentation_node, segment_id, volume_node)
+    score = dice(mask, reference)
+    print(f"spleen propagation: 3D Dice {score:.3f} over {result.sliceCount} slices "
+          f"(reference {int(reference.any(axis=(1, 2)).sum())}); stops: {result.stopReasons}")
+    assert score >= 0.7
+    assert np.array_equal(mask[k], start[k]) and set(np.nonzero(mask.any(axis=(1, 2)))[0]) == set(result.slices)
+    assert stages[-1] == 1.0 and result.sliceCount > 10
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    assert np.bincount(labels.ravel())[1:].max() >= 0.95 * mask.sum()  # one 3D segment (no stray pieces of note)
+    overlay = save_slice_overlay(tmp_path / "slicer-propagated-spleen.png", volume_node, segmentation_node, segment_id, k)
+    if os.environ.get("MIMO_SCREENSHOTS_DIR"):
+        shutil.copy(overlay, Path(os.environ["MIMO_SCREENSHOTS_DIR"]) / overlay.name)
+    # Undo restores the one-slice segment exactly.
+    assert logic.undoLastTurn(slicer.mrmlScene)
+    assert np.array_equal(read_back(segmentation_node, segment_id, volume_node), start)
+
+
+def test_propagation_cancels_and_refuses_what_it_cannot_do(slicer_scene, litemedsam):
+    """Stop before the first slice: Cancelled and nothing computed; an empty segment and an
+    oblique view are clear errors. (Propagation itself: the spleen test above and the panel test.)"""
+    from mimo.errors import GeometryError
+
+    volume_node, disk = disk_phantom()
+    segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    [segment_id] = addSegmentsToSegmentationNode(segmentation_node, volume_node, [make_segment(1, "kidney", disk & (np.arange(9) == 4)[:, None, None])])
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    voxels = slicer.util.arrayFromVolume(volume_node).copy()
+    request = logic.preparePropagation(volume_node, geometry, segmentation_node, segment_id)
+    assert request.startMask.sum() == disk[4].sum() and request.question == "Segment the kidney"
+    request.volume.array[...] = 0  # the worker gets a copy: the scene's voxels are untouched
+    assert np.array_equal(slicer.util.arrayFromVolume(volume_node), voxels)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        logic.computePropagation(request, cancel=cancel)
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    empty.GetSegmentation().AddEmptySegment("e", "empty")
+    with pytest.raises(SlicerSceneError, match="empty"):
+        logic.preparePropagation(volume_node, geometry, empty, "e")
+    red, _ = show(slicer_scene, volume_node, "axial", 4)
+    slice_to_ras = matrix(red.GetSliceToRAS())
+    angle = np.deg2rad(20)
+    slice_to_ras[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]) @ slice_to_ras[:3, :3]
+    red.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(slice_to_ras))
+    red.UpdateMatrices()
+    with pytest.raises(GeometryError, match="oblique"):
+        logic.preparePropagation(volume_node, red, segmentation_node, segment_id)
+
+
+def test_conversation_is_saved_with_the_scene_and_restored(slicer_scene, litemedsam, tmp_path):
+    """Write the scene as a Slicer data bundle (.mrb), load it into a fresh scene: the chat,
+    its grounded links and the engine's conversation context come back."""
+    volume_node, _ = disk_phantom()
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    _, [segment_id], segmentation_node = logic.ask(volume_node, geometry, "Segment the kidney <&> \"ü\"", [roi_on(geometry)])
+    logic.addNotice("a note")
+    logic.saveConversation(slicer.mrmlScene)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert slicer_scene.app.SaveSceneToSlicerDataBundleDirectory(str(bundle), None)
+    mrb = tmp_path / "scene.mrb"
+    assert slicer_scene.app.Zip(str(mrb), str(bundle))
+    transcript = [dict(entry) for entry in logic.transcript]
+
+    with installed_scene() as fresh:
+        (tmp_path / "unpacked").mkdir()
+        unpacked = fresh.app.UnpackSlicerDataBundle(str(mrb), str(tmp_path / "unpacked"))
+        fresh.scene.SetURL(unpacked)
+        assert fresh.scene.Import()
+        restored = MIMOAssistantLogic()
+        assert restored.restoreConversation(fresh.scene) == len(transcript) == 3
+        assert [e["text"] for e in restored.transcript] == [e["text"] for e in transcript]
+        assert restored.transcript[0]["text"] == "Segment the kidney <&> \"ü\""
+        assert [m.role for m in restored.history] == ["user", "assistant"]
+        node = fresh.scene.GetNodeByID(segmentation_node.GetID())
+        assert node is not None and node.GetSegmentation().GetSegment(segment_id) is not None
+        html = restored.conversationHtml(fresh.scene)
+        assert f"mimo-segment:{segmentation_node.GetID()}/{segment_id}" in html
+        assert "&lt;&amp;&gt;" in html
+        assert restored.toggleSegment(fresh.scene, segmentation_node.GetID(), segment_id) is False
+
+
+def test_label_visible_anatomy_needs_a_text_capable_backend(slicer_scene, litemedsam):
+    from mimo.errors import BackendError
+
+    volume_node, _ = disk_phantom()
+    logic = MIMOAssistantLogic()
+    with pytest.raises(BackendError, match="text-capable"):
+        logic.prepareLabelAnatomy(volume_node, None)  # LiteMedSAM chosen, not even loaded
+    logic.setBackend(litemedsam)
+    with pytest.raises(BackendError, match="text-capable"):
+        logic.prepareLabelAnatomy(volume_node, None)
+    # A server may be text-capable: the question is prepared (no prompts), and the worker
+    # checks the backend once it is known (here it turns out to be segmentation-only).
+    remote = MIMOAssistantLogic()
+    remote.configureBackend(BackendConfig(mode="remote", url="http://127.0.0.1:9"))
+    request = remote.prepareLabelAnatomy(volume_node, None)
+    assert request.question == LABEL_ALL_QUESTION and request.prompts == [] and request.requireTextAnswers
+    remote.setBackend(litemedsam)
+    with pytest.raises(BackendError, match="text-capable"):
+        remote.computeTurn(request)
+    assert slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+
+
+def test_label_visible_anatomy_with_the_embedded_mimo_model(slicer_scene):
+    """With a text-capable model the button asks for every structure in view (no prompts)."""
+    pytest.importorskip("transformers")
+    from mimo.modeling.presets import embedded_checkpoint
+
+    if embedded_checkpoint() is None:
+        pytest.skip("this installation ships no embedded mimo-tiny checkpoint")
+    volume_node, _ = disk_phantom()
+    logic = MIMOAssistantLogic()
+    logic.configureBackend(BackendConfig(model="mimo", device="cpu"))
+    request = logic.prepareLabelAnatomy(volume_node, sliceGeometryForAxis(volume_node, "axial", 4))
+    outcome = logic.computeTurn(request)
+    assert logic.backendInfo().capabilities.text_answers and outcome.result.answer.text
+    answer, segment_ids, segmentation_node = logic.applyTurn(request, outcome)
+    assert len(segment_ids) == len(answer.masks)
+
+
+def test_remote_backend_needs_consent_per_server_and_no_torch(tmp_path):
+    settings = MemorySettings()
+    consent = ConsentStore(settings)
+    config = BackendConfig(mode="remote", url="HTTP://127.0.0.1:9/", token="secret")
+    from MIMOAssistantLib.backendconfig import createBackend
+
+    with pytest.raises(ConsentRequired, match="consent"):
+        createBackend(config, consent)
+    consent.grant("http://127.0.0.1:9")
+    assert ConsentStore(settings).hasConsent("http://127.0.0.1:9/")  # persisted in the settings, normalised
+    assert not ConsentStore(settings).hasConsent("http://127.0.0.1:10")  # per server
+    assert "secret" not in config.toJSON() and BackendConfig.fromJSON(config.toJSON()).url == config.url
+    assert "torch>=2.4" not in requiredPackages(config).values() and "torch>=2.4" in requiredPackages(BackendConfig()).values()
+    assert missingPackages(BackendConfig()) == []
+    consent.revoke("http://127.0.0.1:9")
+    assert not consent.hasConsent("http://127.0.0.1:9")
+    with pytest.raises(MimoError, match="http"):
+        BackendConfig(mode="remote", url="gpu-box:8765").validate()
+
+    # Remote mode imports no torch: block it and build the remote backend through the logic.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None  # any 'import torch' fails
+        sys.path.insert(0, {str(MODULE_DIR)!r})
+        from MIMOAssistantLib import MIMOAssistantLogic, BackendConfig, MemorySettings
+        assert not any(name.startswith(("PySide6", "qt")) for name in sys.modules), "the logic imports Qt"
+        logic = MIMOAssistantLogic(settings=MemorySettings())
+        logic.configureBackend(BackendConfig(mode="remote", url="http://127.0.0.1:9"))
+        logic.consent.grant("http://127.0.0.1:9")
+        try:
+            backend = logic.backend
+            print("built", type(backend).__name__)
+        except Exception as error:  # the remote client may be absent in this checkout
+            assert "torch" not in str(error), error
+            print("not available:", error)
+        import MIMOAssistantLib.panel  # the GUI code imports no torch either (Qt may be absent)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    print(result.stdout.strip())

