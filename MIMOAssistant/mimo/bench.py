@@ -60,7 +60,7 @@ def bench_backend(backend: Backend, image: SliceImage, question: str, prompts: l
         start = time.perf_counter()
         answer = backend.ask(session, turn)
         per_prompt.append(time.perf_counter() - start)
-        tokens, generate_s = answer.timings.get("tokens"), answer.timings.get("generate_s")
+        tokens, generate_s = answer.extra.get("new_tokens"), answer.timings.get("generate_s")
         if tokens and generate_s:
             tokens_per_s.append(tokens / generate_s)
     backend.close_session(session)
