@@ -198,19 +198,19 @@ class Backend(ABC):
         with self._lock:
             return len(self._sessions)
 
-    def ask(
-        self,
-        session_id: str,
-        turn: Turn,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Answer:
+    def _touch_session(self, session_id: str):
+        """The session, marked most recently used; a clear error when it is unknown or expired."""
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
                 raise BackendError(f"unknown or expired session {session_id!r}; open a new session on the image")
             session.last_used = time.monotonic()
             self._sessions.move_to_end(session_id)
+            return session
+
+    def checked_turn(self, turn: Turn, shape: tuple[int, int]) -> Turn:
+        """The turn with its prompts checked against this backend's capabilities and the image
+        (the same messages whichever backend answers, before any work or network traffic)."""
         capabilities = self.info().capabilities
         unsupported = sorted({p.kind for p in turn.prompts} - set(capabilities.prompt_types))
         if unsupported:
@@ -219,8 +219,17 @@ class Backend(ABC):
             raise BackendError(
                 f"{self.info().name} is a segmentation-only backend: draw a box, point, scribble or lasso on the image"
             )
-        prompts = validate_prompts(list(turn.prompts), session.image.shape)
-        turn = Turn(turn.question, prompts, list(turn.history))
+        return Turn(turn.question, validate_prompts(list(turn.prompts), shape), list(turn.history))
+
+    def ask(
+        self,
+        session_id: str,
+        turn: Turn,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Answer:
+        session = self._touch_session(session_id)
+        turn = self.checked_turn(turn, session.image.shape)
         check_cancel(cancel)
         start = time.perf_counter()
         answer = self._answer(session.image, session.state, turn, progress or (lambda stage, fraction: None), cancel)

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..backend import Answer, Backend, BackendInfo, Capabilities, ProgressCallback, SliceImage, Turn, check_cancel
 from ..errors import BackendError, Cancelled, GeometryError, MimoError, PromptError
-from ..prompts import prompt_to_dict, validate_prompts
+from ..prompts import prompt_to_dict
 from ..server.wire import API_VERSION, WireError, answer_from_wire, api_major, encode_image
 
 log = logging.getLogger("mimo.remote")
@@ -389,20 +389,10 @@ class RemoteBackend(Backend):
         return response.status_code == 202
 
     def ask(self, session_id: str, turn: Turn, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Answer:
-        with self._lock:
-            record = self._sessions.get(session_id)
-            if record is None:
-                raise BackendError(f"unknown or expired session {session_id!r}; open a new session on the image")
-            record.last_used = time.monotonic()
-            self._sessions.move_to_end(session_id)
+        record = self._touch_session(session_id)
         # The same checks and messages as a local backend, before anything is sent.
-        capabilities = self.info().capabilities
-        unsupported = sorted({p.kind for p in turn.prompts} - set(capabilities.prompt_types))
-        if unsupported:
-            raise BackendError(f"{self.info().name} does not take {', '.join(unsupported)} prompts")
-        if capabilities.requires_prompt and not turn.prompts:
-            raise BackendError(f"{self.info().name} is a segmentation-only backend: draw a box, point, scribble or lasso on the image")
-        prompts = validate_prompts(list(turn.prompts), record.image.shape)
+        turn = self.checked_turn(turn, record.image.shape)
+        prompts = turn.prompts
         check_cancel(cancel)
         turn_id = uuid.uuid4().hex
         body = {

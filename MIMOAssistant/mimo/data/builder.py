@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import MimoError
 from . import catalog, grouping
-from .generate import PERSPECTIVES, Target, Unit, generate, unit_rng
+from .generate import Target, Unit, generate, unit_rng
 from .knowledge import Knowledge
 
 FORMAT_VERSION = 1
