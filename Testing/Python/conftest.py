@@ -59,3 +59,14 @@ def litemedsam():
     from mimo.backend import create_backend
 
     return create_backend("litemedsam", device="cpu")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a CPU shared with other jobs two threads are several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import shared_path
 
 pytest.importorskip("transformers")
@@ -27,12 +26,7 @@ from mimo.training.synthetic import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,26 +36,11 @@ from mimo.modeling.checkpoint import trained_state_dict
 from mimo.modeling.configuration import AlignerConfig, GroundingConfig
 from mimo.modeling.processing import parse_grounded_text
 from mimo.modeling.tokenization import train_tokenizer
+from mimo.training.synthetic import tiny_sam_config
 from mimo.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
 from PIL import Image
 
 
-def tiny_sam_config() -> dict:
-    """A SAM of the real architecture, 64 px input, 8 x 8 embedding of 32 channels, 32 px masks."""
-    from transformers import (
-        SamConfig,
-        SamMaskDecoderConfig,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    vision = SamVisionConfig(
-        hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-        patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16,
-    )
-    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32)
-    return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()).to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,7 @@ from mimo.training.trainer import TrainingDiverged, check_finite
 CONFIGS = REPO / "MIMOAssistant" / "mimo" / "training" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other jobs two threads are several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
