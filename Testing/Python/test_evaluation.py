@@ -170,3 +170,44 @@ def test_reference_answers_on_open2d_score_perfectly(tmp_path):
     for perspective, summary in report["metrics"]["overall"].items():
         for key in ("dice", "naming_accuracy", "exact_match"):
             assert summary.get(key, 1.0) == 1.0, (perspective, key)
+
+
+def test_query_specificity_asks_for_another_target_of_the_same_image(tmp_path):
+    """On an image with two structures, each reference mask is also scored against the answer
+    to a question about the other one: the reference answers give Dice 1 for the right term
+    and the overlap of the two masks for the wrong one."""
+    from PIL import Image
+
+    from mimo.evaluation.runner import aggregate_comparisons, comparisons_for, run_evaluation
+    from mimo.training.samples import Example
+
+    lungs = np.zeros((32, 32), dtype=np.uint8)
+    lungs[4:28, 2:30] = 255
+    infection = np.zeros((32, 32), dtype=np.uint8)
+    infection[20:28, 4:12] = 255
+    Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(tmp_path / "cxr.png")
+    for name, mask in (("lungs", lungs), ("infection", infection)):
+        Image.fromarray(mask).save(tmp_path / f"{name}.png")
+    common = {"image": str(tmp_path / "cxr.png"), "dataset": "covidqu", "modality": "xray", "perspective": "text_seg"}
+    examples = [
+        Example(id="a", question="Segment the lungs.", answer="<p>lungs</p><SEG>", mask_files=[str(tmp_path / "lungs.png")], targets=["lungs"], **common),
+        Example(id="b", question="Segment the COVID-19 infection.", answer="<p>COVID-19 infection</p><SEG>",
+                mask_files=[str(tmp_path / "infection.png")], targets=["COVID-19 infection"], **common),
+    ]
+    comparisons = comparisons_for(examples)
+    assert [(c.target, c.other_term.question) for c in comparisons] == [
+        ("lungs", "Segment the COVID-19 infection."), ("COVID-19 infection", "Segment the lungs.")]
+
+    class ByTarget(ReferencePredictor):
+        """Answers each question with the reference mask of the target it names."""
+
+        def predict(self, example):
+            named = next(e for e in examples if e.targets == example.targets)
+            return super().predict(named)
+
+    result = run_evaluation(examples, ByTarget(), text_baseline=True, progress=False)
+    table = aggregate_comparisons(result.comparisons)["by_target"]
+    overlap = 2 * (infection > 0).sum() / ((infection > 0).sum() + (lungs > 0).sum())
+    assert table["lungs"]["mimo_text"]["dice"] == 1.0
+    assert table["lungs"]["mimo_text_other_term"]["dice"] == pytest.approx(overlap)
+    assert table["COVID-19 infection"]["mimo_text_other_term"]["dice"] == pytest.approx(overlap)

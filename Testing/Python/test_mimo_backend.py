@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory):
     image = liver_image()
     inputs = processor.preprocess_image(image)
     with torch.no_grad():
-        features = model.encode_images(inputs.grounding_pixel_values)
+        features = model.encode_images(inputs.grounding_pixel_values, refine_pixel_values=inputs.refine_pixel_values)
     batch = {**processor(inputs.geometry, QUESTION, [], answer=ANSWER), "image_features": features, "decode_masks": False}
     fit(model, [batch], steps=60, learning_rate=3e-3)
     path = tmp_path_factory.mktemp("mimo-tiny")

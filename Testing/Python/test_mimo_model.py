@@ -73,7 +73,7 @@ PROMPTS = {
 def encode(model, processor, image):
     inputs = processor.preprocess_image(image)
     with torch.no_grad():
-        return inputs.geometry, model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values)
+        return inputs.geometry, model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values, inputs.refine_pixel_values)
 
 
 # ----- processor ------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_processor_turns_a_turn_into_model_inputs(tokenizer):
     assert inputs["region_masks"].shape == (1, 2, 32, 32) and 0 <= float(inputs["region_masks"].min()) <= float(inputs["region_masks"].max()) <= 1
     assert inputs["region_masks"][0, 1].sum() > 0, "a one-pixel point keeps a weight after resizing"
     assert torch.all((inputs["region_boxes"] >= 0) & (inputs["region_boxes"] <= 1))
-    assert inputs["target_masks"].shape == (1, 32, 32) and set(inputs["target_masks"].unique().tolist()) == {0.0, 1.0}
+    assert inputs["target_masks"].shape == (1, 48, 48) and set(inputs["target_masks"].unique().tolist()) == {0.0, 1.0}
 
     with pytest.raises(PromptError, match="refers to 1 <region> but 2 visual prompts"):
         processor(geometry, "What is <region>?", prompts)
@@ -128,7 +128,7 @@ def test_shapes_and_dtypes_through_every_component(tokenizer):
     image, mask = disk_image()
     image_inputs = processor.preprocess_image(image)
     assert image_inputs.grounding_pixel_values.shape == (1, 3, 64, 64) and image_inputs.vision_pixel_values is None
-    features = model.encode_images(image_inputs.grounding_pixel_values)
+    features = model.encode_images(image_inputs.grounding_pixel_values, refine_pixel_values=image_inputs.refine_pixel_values)
     assert features.grounding.shape == (1, 32, 8, 8) and features.grounding.dtype == torch.float32
     assert features.understanding.shape == (1, 32, 8, 8)
 
@@ -148,7 +148,7 @@ def test_shapes_and_dtypes_through_every_component(tokenizer):
 
     output = model(**inputs, image_features=features)
     assert output.logits.shape == (1, inputs["input_ids"].shape[1], len(processor.tokenizer)) and output.logits.dtype == torch.float32
-    assert output.mask_logits.shape == (2, 32, 32) and output.loss.ndim == 0 and torch.isfinite(output.loss)
+    assert output.mask_logits.shape == (2, 48, 48) and output.loss.ndim == 0 and torch.isfinite(output.loss)
 
     generation = model.generate(**processor(image_inputs.geometry, "Segment the liver.", prompts), image_features=features, max_new_tokens=4)
     assert all(isinstance(t, int) for t in generation.token_ids) and generation.mask_logits.dtype == torch.float32

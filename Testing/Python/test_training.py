@@ -289,3 +289,38 @@ def test_mimo_tiny_trains_a_few_steps_on_real_images(tmp_path, capsys):
         print(f"\nmimo-tiny on real images: encode {encode['seconds_per_image']:.2f} s/image ({encode['encoded']} images); "
               f"step times {[round(r['seconds'], 2) for r in steps]} s (batch 2, first is text only)")
     assert all(np.isfinite(r["loss"]) for r in steps) and (tmp_path / "out" / "final" / "model.safetensors").is_file()
+
+
+def test_builder_text_seg_samples_get_box_prompted_twins(tmp_path):
+    from mimo.training.samples import box_seg_variants
+
+    folder = write_synthetic_folder(tmp_path / "folder", images_per_dataset=2)
+    examples = load_examples(folder, None)
+    text_seg = [e for e in examples if e.perspective == "text_seg" and len(e.mask_files) == 1]
+    variants = box_seg_variants(examples)
+    assert text_seg and len(variants) == len(text_seg)
+    for source, variant in zip(text_seg, variants):
+        mask = source.load_masks()[0]
+        rows, cols = np.nonzero(mask)
+        box = variant.prompts[0]
+        assert variant.perspective == "box_seg" and variant.mask_files == source.mask_files and variant.targets == source.targets
+        assert box.x0 <= cols.min() and box.y0 <= rows.min() and box.x1 >= cols.max() and box.y1 >= rows.max()
+        assert box.x1 - box.x0 <= cols.max() - cols.min() + 6.01 and f"<p>{source.targets[0]}</p><SEG>" in variant.answer
+
+
+def test_dataset_balance_draws_small_datasets_as_often_as_large_ones():
+    from collections import Counter
+
+    from mimo.training.batches import BatchBuilder
+
+    def example(dataset: str, index: int) -> Example:
+        return Example(id=f"{dataset}/{index}", image=f"/{dataset}/{index}.png", dataset=dataset, modality="CT",
+                       perspective="text_seg", question="Segment the liver.", answer="<p>liver</p><SEG>")
+
+    examples = [example("large", i) for i in range(900)] + [example("small", i) for i in range(100)]
+    counts = {}
+    for balance in (1.0, 0.0):
+        builder = BatchBuilder(examples, None, None, 10, dataset_balance=balance)
+        counts[balance] = Counter(e.dataset for index in range(200) for e, _ in builder.draw(index))
+    assert 0.07 < counts[1.0]["small"] / 2000 < 0.13  # proportional to size
+    assert 0.45 < counts[0.0]["small"] / 2000 < 0.55  # every dataset equally often

@@ -81,7 +81,7 @@ class MimoBackend(Backend):
         start = time.perf_counter()
         inputs = self.processor.preprocess_image(image)
         with torch.inference_mode():
-            features = self.model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values)
+            features = self.model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values, inputs.refine_pixel_values)
         return _EncodedSlice(inputs.geometry, features, time.perf_counter() - start)
 
     def _answer(self, image: SliceImage, state: _EncodedSlice, turn: Turn, progress: ProgressCallback, cancel: threading.Event | None) -> Answer:

@@ -87,12 +87,10 @@ class MimoPredictor:
         entry = self.cache.get(image_ref(example))
         if self.cache.encoded > encoded_before:
             self.encode_seconds.append(self.cache.encode_seconds - seconds_before)
-        features = entry.features
-        from ..modeling import ImageFeatures
+        from ..training.features import stack_features
 
-        grounding = features.grounding.to(self.device, self.dtype)
-        same = features.understanding is features.grounding
-        features = ImageFeatures(grounding, grounding if same else features.understanding.to(self.device, self.dtype))
+        refine_pixels = self.processor.refine_pixels(example.load_image(), entry.geometry)
+        features = stack_features([entry], self.device, self.dtype, refine_pixels)
         start = time.perf_counter()
         inputs = self.processor(entry.geometry, example.question, example.prompts, example.history)
         with torch.inference_mode():

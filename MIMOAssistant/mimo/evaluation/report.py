@@ -14,7 +14,8 @@ PERSPECTIVE_COLUMNS = (
     ("exact_match", "exact match"),
     ("false_mask_rate", "false-mask rate"),
 )
-SYSTEM_NAMES = {"mimo_box": "MIMO + box", "mimo_text": "MIMO, text only", "litemedsam_box": "LiteMedSAM + box"}
+SYSTEM_NAMES = {"mimo_box": "MIMO + box", "mimo_text": "MIMO, text only", "litemedsam_box": "LiteMedSAM + box",
+                "mimo_text_other_term": "MIMO asked for another term (lower is better)"}
 
 
 def _number(value) -> str:

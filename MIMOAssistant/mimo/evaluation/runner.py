@@ -15,7 +15,11 @@ samples, with the same box (the mask's bounding box + 3 pixels) for everyone:
 
 * ``mimo_box``: the model, "Segment the {target}." with the box;
 * ``mimo_text``: the model, the same question without any prompt;
-* ``litemedsam_box``: LiteMedSAM (the engine's segmentation backend) with the box.
+* ``litemedsam_box``: LiteMedSAM (the engine's segmentation backend) with the box;
+* ``mimo_text_other_term``: query specificity, where the image has a reference mask of another
+  target too (lungs and infection on a chest X-ray; organs of a CT slice): the model asked for
+  that other target, scored against *this* mask. A model that listens to the question scores
+  low here; one that segments whatever is salient scores as high as ``mimo_text``.
 
 Identical turns are answered once (a manifest's box_seg samples are the mimo_box turns).
 """
@@ -33,7 +37,7 @@ from ..prompts import prompt_to_dict
 from ..training.samples import Example, box_around, read_mask
 from . import metrics
 
-SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box")
+SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box", "mimo_text_other_term")
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Comparison:
     mask_file: str
     text: Example
     box: Example
+    other_term: Example | None = None
+    """The text turn for another target with a reference mask in the same image, if any."""
 
 
 @dataclass
@@ -57,6 +63,10 @@ def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> lis
     """Every distinct (image, reference mask) of ``examples``, as a text and a box turn."""
     seen: set[tuple[str, str]] = set()
     result = []
+    targets_by_image: dict[str, set[str]] = defaultdict(set)
+    for example in examples:
+        if example.perspective != "negative" and len(example.targets) == len(example.mask_files):
+            targets_by_image[example.image].update(example.targets)
     for example in examples:
         if example.perspective == "negative" or not example.mask_files or len(example.targets) != len(example.mask_files):
             continue
@@ -72,10 +82,16 @@ def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> lis
                       "spacing_mm": example.spacing_mm, "calibrated": example.calibrated, "split": example.split, "group": example.group}
             question = f"Segment the {target}."
             index = len(result)
+            others = sorted(targets_by_image[example.image] - {target})
+            other_term = None
+            if others:
+                other_term = Example(id=f"compare/{index}/other", question=f"Segment the {others[0]}.", prompts=[],
+                                     **{**common, "answer": f"<p>{others[0]}</p><SEG>", "targets": [others[0]]})
             result.append(Comparison(
                 target, mask_file,
                 Example(id=f"compare/{index}/text", question=question, prompts=[], **common),
                 Example(id=f"compare/{index}/box", question=question, prompts=[box_around(mask, box_margin)], **common),
+                other_term,
             ))
     return result
 
@@ -188,6 +204,8 @@ def run_evaluation(
             systems = [("mimo_box", ask_model, comparison.box)]
             if text_baseline:
                 systems.append(("mimo_text", ask_model, comparison.text))
+                if comparison.other_term is not None:
+                    systems.append(("mimo_text_other_term", ask_model, comparison.other_term))
             if ask_litemedsam is not None:
                 systems.append(("litemedsam_box", ask_litemedsam, comparison.box))
             for name, ask, example in systems:

@@ -68,6 +68,8 @@ def _saved_modules(model) -> list[tuple[str, nn.Module]]:
         ("aligner", model.aligner),
         ("seg_projection", model.seg_projection),
     ]
+    if model.mask_refiner is not None:
+        parts.append(("mask_refiner", model.mask_refiner))
     return parts
 
 

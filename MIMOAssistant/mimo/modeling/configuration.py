@@ -175,6 +175,22 @@ class SegmentationConfig:
 
 
 @dataclass
+class RefinerConfig:
+    """The high-resolution mask refiner (:mod:`.mask_refiner`); off in models trained without it."""
+
+    enabled: bool = False
+    size: int = 384
+    """Canvas of the refined masks: 384 px is the native resolution of most 2D inputs."""
+    channels: tuple[int, int, int] = (8, 16, 16)
+    coarse_weight: float = 0.5
+    """Weight of the loss on the decoder's own (upsampled) masks beside the refined ones."""
+
+    def validate(self) -> None:
+        if self.enabled and (self.size % 4 or self.size < 16):
+            raise BackendError(f"refiner size {self.size} must be a multiple of 4 and at least 16")
+
+
+@dataclass
 class LossConfig:
     lm_weight: float = 1.0
     bce_weight: float = 2.0
@@ -191,6 +207,7 @@ class MimoConfig:
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
     language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     token_ids: dict[str, int] = field(default_factory=dict)
     """Ids of the MIMO special tokens in the tokenizer, checked on load."""
@@ -202,8 +219,14 @@ class MimoConfig:
         self.grounding.validate()
         self.understanding.validate()
         self.language_model.validate()
+        self.refiner.validate()
         if self.aligner.hidden_size % self.aligner.num_heads:
             raise BackendError(f"aligner hidden_size {self.aligner.hidden_size} is not divisible by num_heads {self.aligner.num_heads}")
+
+    @property
+    def mask_size(self) -> int:
+        """The canvas of the masks the model outputs (and of the targets it trains on)."""
+        return self.refiner.size if self.refiner.enabled else self.grounding.mask_size
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -226,6 +249,7 @@ class MimoConfig:
             "aligner": AlignerConfig,
             "language_model": LanguageModelConfig,
             "segmentation": SegmentationConfig,
+            "refiner": RefinerConfig,
             "loss": LossConfig,
         }
         kwargs = {}
@@ -276,6 +300,7 @@ def mimo_tiny_config(vocab_size: int) -> MimoConfig:
             weights=None,
             training="full",
         ),
+        refiner=RefinerConfig(enabled=True, size=384),
     )
 
 

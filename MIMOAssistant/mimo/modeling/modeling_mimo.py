@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BackendError
@@ -31,6 +32,7 @@ from .generation import generate_tokens
 from .grounding import build_grounding
 from .language_model import build_language_model
 from .losses import mask_bce_loss, mask_dice_loss, next_token_loss
+from .mask_refiner import MaskRefiner
 from .pixel_decoder import SegProjection, decode_seg_masks
 from .understanding import UnderstandingEncoder
 from .visual_prompt import VisualPromptEncoder
@@ -42,13 +44,23 @@ class ImageFeatures:
 
     grounding: torch.Tensor  # (B, C, h, w), SAM image embedding
     understanding: torch.Tensor  # (B, D, h', w')
+    pixels: torch.Tensor | None = None  # (B, 3, R, R), the mask refiner's canvas (models with a refiner)
 
     @classmethod
     def cat(cls, features: list[ImageFeatures]) -> ImageFeatures:
-        return cls(torch.cat([f.grounding for f in features]), torch.cat([f.understanding for f in features]))
+        pixels = [f.pixels for f in features]
+        return cls(
+            torch.cat([f.grounding for f in features]),
+            torch.cat([f.understanding for f in features]),
+            torch.cat(pixels) if all(p is not None for p in pixels) else None,
+        )
 
-    def to(self, device: torch.device | str) -> ImageFeatures:
-        return ImageFeatures(self.grounding.to(device), self.understanding.to(device))
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageFeatures:
+        """On ``device`` (and in ``dtype``), keeping one tensor where understanding is grounding."""
+        grounding = self.grounding.to(device, dtype)
+        understanding = grounding if self.understanding is self.grounding else self.understanding.to(device, dtype)
+        pixels = None if self.pixels is None else self.pixels.to(device, dtype)
+        return ImageFeatures(grounding, understanding, pixels)
 
 
 @dataclass
@@ -100,6 +112,10 @@ class MimoForConditionalGeneration(nn.Module):
             image_token_grid=aligner.image_token_grid,
         )
         self.seg_projection = SegProjection(hidden, self.grounding.embedding_dim, config.segmentation.num_seg_tokens)
+        refiner = config.refiner
+        self.mask_refiner = (
+            MaskRefiner(self.grounding.embedding_dim, refiner.size, tuple(refiner.channels)) if refiner.enabled else None
+        )
         self._freeze()
 
     @classmethod
@@ -157,18 +173,25 @@ class MimoForConditionalGeneration(nn.Module):
 
     # ----- encoders -----------------------------------------------------------------------
 
-    def encode_images(self, grounding_pixel_values: torch.Tensor, vision_pixel_values: torch.Tensor | None = None) -> ImageFeatures:
+    def encode_images(
+        self,
+        grounding_pixel_values: torch.Tensor,
+        vision_pixel_values: torch.Tensor | None = None,
+        refine_pixel_values: torch.Tensor | None = None,
+    ) -> ImageFeatures:
         grounding = self.grounding.encode(grounding_pixel_values.to(self.device, self.dtype))
         if vision_pixel_values is not None:
             vision_pixel_values = vision_pixel_values.to(self.device, self.dtype)
-        return ImageFeatures(grounding, self.understanding(grounding, vision_pixel_values))
+        if refine_pixel_values is not None:
+            refine_pixel_values = refine_pixel_values.to(self.device, self.dtype)
+        return ImageFeatures(grounding, self.understanding(grounding, vision_pixel_values), refine_pixel_values)
 
-    def _features(self, image_features, grounding_pixel_values, vision_pixel_values) -> ImageFeatures:
-        if image_features is not None:
-            return image_features.to(self.device)
-        if grounding_pixel_values is None:
-            raise BackendError("give grounding_pixel_values (from MimoProcessor.preprocess_image) or cached image_features")
-        return self.encode_images(grounding_pixel_values, vision_pixel_values)
+    def _features(self, image_features, grounding_pixel_values, vision_pixel_values, refine_pixel_values=None) -> ImageFeatures:
+        if image_features is None:
+            if grounding_pixel_values is None:
+                raise BackendError("give grounding_pixel_values (from MimoProcessor.preprocess_image) or cached image_features")
+            image_features = self.encode_images(grounding_pixel_values, vision_pixel_values, refine_pixel_values)
+        return image_features.to(self.device)
 
     def input_embeddings(
         self,
@@ -201,17 +224,25 @@ class MimoForConditionalGeneration(nn.Module):
         embeddings[region_positions] = region_tokens[valid_regions].to(embeddings.dtype)
         return embeddings
 
-    def _decode_masks(self, features: ImageFeatures, seg_hidden, seg_batch, seg_rank, region_types, decoder_boxes) -> torch.Tensor:
-        return decode_seg_masks(
+    def _decode_masks(self, features: ImageFeatures, seg_hidden, seg_batch, seg_rank, region_types, decoder_boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        """(refined, coarse) mask logits, one per ``<SEG>``; the same tensor twice without a refiner."""
+        prompts = self.seg_projection(seg_hidden.to(self.dtype))
+        coarse = decode_seg_masks(
             self.grounding,
             features.grounding,
-            self.seg_projection(seg_hidden.to(self.dtype)),
+            prompts,
             seg_batch,
             seg_rank,
             region_types.to(self.device),
             decoder_boxes.to(self.device, self.dtype),
             self.config.segmentation.decoder_visual_prompts,
         )
+        if self.mask_refiner is None:
+            return coarse, coarse
+        if features.pixels is None:
+            raise BackendError("this MIMO model refines its masks and needs the refiner's pixels "
+                               "(refine_pixel_values from MimoProcessor.preprocess_image, or ImageFeatures.pixels)")
+        return self.mask_refiner(features.pixels, coarse, seg_batch, prompts.mean(dim=1)), coarse
 
     # ----- training -----------------------------------------------------------------------
 
@@ -229,6 +260,7 @@ class MimoForConditionalGeneration(nn.Module):
         grounding_pixel_values: torch.Tensor | None = None,
         vision_pixel_values: torch.Tensor | None = None,
         image_features: ImageFeatures | None = None,
+        refine_pixel_values: torch.Tensor | None = None,
         decode_masks: bool = True,
     ) -> MimoOutput:
         """Teacher-forced pass. ``loss`` is the weighted sum of the next-token loss (with
@@ -240,7 +272,7 @@ class MimoForConditionalGeneration(nn.Module):
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         region_types = region_types.to(device)
-        features = self._features(image_features, grounding_pixel_values, vision_pixel_values)
+        features = self._features(image_features, grounding_pixel_values, vision_pixel_values, refine_pixel_values)
         embeddings = self.input_embeddings(input_ids, question_mask.to(device), region_masks, region_types, region_boxes, features)
         outputs = self.language_model(inputs_embeds=embeddings, attention_mask=attention_mask, output_hidden_states=True)
         mask_logits = None
@@ -249,7 +281,7 @@ class MimoForConditionalGeneration(nn.Module):
             seg_batch, seg_index = torch.nonzero(seg_positions, as_tuple=True)
             seg_rank = (torch.cumsum(seg_positions.long(), dim=1) - 1)[seg_batch, seg_index]
             seg_hidden = outputs.hidden_states[-1][seg_batch, seg_index]
-            mask_logits = self._decode_masks(features, seg_hidden, seg_batch, seg_rank, region_types, decoder_boxes)
+            mask_logits, coarse_logits = self._decode_masks(features, seg_hidden, seg_batch, seg_rank, region_types, decoder_boxes)
         elif target_masks is not None:
             raise BackendError("target_masks were given but decode_masks is False")
 
@@ -266,6 +298,10 @@ class MimoForConditionalGeneration(nn.Module):
                 targets = target_masks.to(device)
                 bce, dice = mask_bce_loss(mask_logits, targets), mask_dice_loss(mask_logits, targets)
                 total += [weights.bce_weight * bce, weights.dice_weight * dice]
+                if coarse_logits is not mask_logits:  # the decoder keeps learning its own masks too
+                    coarse = F.interpolate(coarse_logits[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                    aux = weights.bce_weight * mask_bce_loss(coarse, targets) + weights.dice_weight * mask_dice_loss(coarse, targets)
+                    total.append(self.config.refiner.coarse_weight * aux)
         loss = torch.stack(total).sum() if total else None
         return MimoOutput(loss, lm_loss, bce, dice, outputs.logits, mask_logits)
 
@@ -284,6 +320,7 @@ class MimoForConditionalGeneration(nn.Module):
         grounding_pixel_values: torch.Tensor | None = None,
         vision_pixel_values: torch.Tensor | None = None,
         image_features: ImageFeatures | None = None,
+        refine_pixel_values: torch.Tensor | None = None,
         *,
         max_new_tokens: int = 64,
         do_sample: bool = False,
@@ -303,7 +340,7 @@ class MimoForConditionalGeneration(nn.Module):
             raise BackendError("generate answers one turn at a time (batch size 1)")
         device = self.device
         input_ids, region_types = input_ids.to(device), region_types.to(device)
-        features = self._features(image_features, grounding_pixel_values, vision_pixel_values)
+        features = self._features(image_features, grounding_pixel_values, vision_pixel_values, refine_pixel_values)
         start = time.perf_counter()
         embeddings = self.input_embeddings(input_ids, question_mask.to(device), region_masks, region_types, region_boxes, features)
         ids = self.token_ids
@@ -327,7 +364,7 @@ class MimoForConditionalGeneration(nn.Module):
         count = tokens.seg_hidden_states.shape[0]
         seg_batch = torch.zeros(count, dtype=torch.long, device=device)
         seg_rank = torch.arange(count, device=device)
-        mask_logits = self._decode_masks(features, tokens.seg_hidden_states, seg_batch, seg_rank, region_types, decoder_boxes)
+        mask_logits, _ = self._decode_masks(features, tokens.seg_hidden_states, seg_batch, seg_rank, region_types, decoder_boxes)
         timings = {
             "generate_s": generated - start,
             "decode_masks_s": time.perf_counter() - generated,

@@ -39,6 +39,8 @@ def create_mimo_tiny(
     config = mimo_tiny_config(vocab_size=len(tokenizer))
     if grounding is not None:
         config.grounding = grounding
+        # The refiner works at 1.5 times the decoder's grid, as it does for LiteMedSAM (256 -> 384).
+        config.refiner.size = 4 * round(1.5 * grounding.mask_size / 4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MimoForConditionalGeneration.from_config(config, tokenizer)

@@ -63,6 +63,7 @@ class ProcessorSettings:
     grounding_normalization: str
     """``minmax`` (LiteMedSAM) or ``imagenet`` (SAM)."""
     mask_size: int
+    """The mask decoder's grid (and the grid visual prompts are rasterised on)."""
     num_image_tokens: int
     vision_size: int | None = None
     vision_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -73,6 +74,12 @@ class ProcessorSettings:
     user_prefix: str = "User: "
     assistant_prefix: str = "Assistant: "
     max_length: int = 512
+    refine_size: int | None = None
+    """Canvas of the mask refiner's pixels and of the output masks (None: no refiner)."""
+
+    @property
+    def output_mask_size(self) -> int:
+        return self.refine_size or self.mask_size
 
     @classmethod
     def from_config(cls, config: MimoConfig, use_chat_template: bool = False) -> ProcessorSettings:
@@ -88,6 +95,7 @@ class ProcessorSettings:
             vision_std=tuple(understanding.std) if vision else (1.0, 1.0, 1.0),
             scribble_box_expansion=config.segmentation.scribble_box_expansion,
             use_chat_template=use_chat_template,
+            refine_size=config.refiner.size if config.refiner.enabled else None,
         )
 
 
@@ -117,6 +125,7 @@ class ImageInputs:
     grounding_pixel_values: torch.Tensor  # (1, 3, S, S)
     vision_pixel_values: torch.Tensor | None  # (1, 3, V, V)
     geometry: ImageGeometry
+    refine_pixel_values: torch.Tensor | None = None  # (1, 3, R, R), the mask refiner's canvas
 
 
 @dataclass
@@ -241,23 +250,38 @@ class MimoProcessor:
         settings = self.settings
         pixels = torch.from_numpy(np.array(image.pixels, copy=True)).permute(2, 0, 1)[None].float()
         resized = letterbox_size(image.shape, image.spacing_mm, settings.grounding_size)
-        small = F.interpolate(pixels, size=resized, mode="bilinear", align_corners=False, antialias=True)
-        if settings.grounding_normalization == "minmax":
-            low, high = small.min(), small.max()
-            small = (small - low) / torch.clamp(high - low, min=1e-8)
-        else:
-            mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-            small = (small / 255.0 - mean) / std
-        grounding = small.new_zeros((1, 3, settings.grounding_size, settings.grounding_size))
-        grounding[:, :, : resized[0], : resized[1]] = small
+        grounding = self._grounding_canvas(pixels, resized, settings.grounding_size)
         vision = None
         if settings.vision_size:
             mean = torch.tensor(settings.vision_mean).reshape(1, 3, 1, 1)
             std = torch.tensor(settings.vision_std).reshape(1, 3, 1, 1)
             vision_resized = letterbox_size(image.shape, image.spacing_mm, settings.vision_size)
             vision = _place((pixels / 255.0 - mean) / std, vision_resized, settings.vision_size, "bilinear")
-        return ImageInputs(grounding, vision, ImageGeometry(image.shape, resized, settings.grounding_size))
+        geometry = ImageGeometry(image.shape, resized, settings.grounding_size)
+        return ImageInputs(grounding, vision, geometry, self.refine_pixels(image, geometry))
+
+    def refine_pixels(self, image: SliceImage, geometry: ImageGeometry) -> torch.Tensor | None:
+        """The mask refiner's (1, 3, R, R) canvas of ``image``: the grounding canvas's layout at R px."""
+        size = self.settings.refine_size
+        if not size:
+            return None
+        pixels = torch.from_numpy(np.array(image.pixels, copy=True)).permute(2, 0, 1)[None].float()
+        return self._grounding_canvas(pixels, geometry.on_grid(size), size)
+
+    def _grounding_canvas(self, pixels: torch.Tensor, resized: tuple[int, int], size: int) -> torch.Tensor:
+        """(1, 3, h, w) pixels resized to ``resized``, normalised as the grounding model expects,
+        on a (1, 3, size, size) canvas padded with zeros at the bottom and right."""
+        small = F.interpolate(pixels, size=resized, mode="bilinear", align_corners=False, antialias=True)
+        if self.settings.grounding_normalization == "minmax":
+            low, high = small.min(), small.max()
+            small = (small - low) / torch.clamp(high - low, min=1e-8)
+        else:
+            mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
+            small = (small / 255.0 - mean) / std
+        canvas = small.new_zeros((1, 3, size, size))
+        canvas[:, :, : resized[0], : resized[1]] = small
+        return canvas
 
     # ----- text and prompts ---------------------------------------------------------------
 
@@ -341,8 +365,8 @@ class MimoProcessor:
         return max(cx - half_x, 0.0), max(cy - half_y, 0.0), min(cx + half_x, cols - 1.0), min(cy + half_y, rows - 1.0)
 
     def target_tensor(self, masks: Sequence[np.ndarray], geometry: ImageGeometry) -> torch.Tensor:
-        """Reference masks at the slice's resolution -> (K, m, m) on the decoder's output canvas."""
-        size = self.settings.mask_size
+        """Reference masks at the slice's resolution -> (K, m, m) on the model's output canvas."""
+        size = self.settings.output_mask_size
         extent = geometry.on_grid(size)
         placed = []
         for mask in masks:

@@ -36,6 +36,7 @@ class BatchBuilder:
         augment: AugmentSection | None = None,
         seed: int = 0,
         rank: int = 0,
+        dataset_balance: float = 1.0,
     ) -> None:
         if not examples:
             raise MimoError("no training samples: check 'data', the split and the sampling filters")
@@ -47,14 +48,24 @@ class BatchBuilder:
         self.seed = seed
         self.rank = rank
         groups: dict[str, list[int]] = defaultdict(list)
+        by_dataset: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for index, example in enumerate(self.examples):
             groups[example.perspective].append(index)
+            by_dataset[example.perspective][example.dataset].append(index)
         weights = perspective_weights or {}
         self.perspectives = sorted(p for p in groups if weights.get(p, 1.0) > 0)
         if not self.perspectives:
             raise MimoError(f"every perspective in the data ({', '.join(sorted(groups))}) has weight 0 in sampling.perspective_weights")
         self.groups = {p: groups[p] for p in self.perspectives}
         self.weights = [weights.get(p, 1.0) for p in self.perspectives]
+        # Within a perspective a dataset is drawn with weight (its samples) ** dataset_balance:
+        # 1 draws samples uniformly (large datasets dominate), 0 draws datasets uniformly.
+        self.dataset_balance = dataset_balance
+        self.datasets = {p: sorted(by_dataset[p]) for p in self.perspectives}
+        self.dataset_members = {p: by_dataset[p] for p in self.perspectives}
+        self.dataset_weights = {
+            p: [len(by_dataset[p][d]) ** dataset_balance for d in self.datasets[p]] for p in self.perspectives
+        }
         self._shapes: dict[str, tuple[int, int]] = {}
 
     # ----- what to encode ---------------------------------------------------------------------
@@ -79,7 +90,11 @@ class BatchBuilder:
         chosen = []
         for _ in range(self.batch_size):
             perspective = rng.choices(self.perspectives, weights=self.weights)[0]
-            example = self.examples[rng.choice(self.groups[perspective])]
+            if self.dataset_balance == 1.0:
+                example = self.examples[rng.choice(self.groups[perspective])]
+            else:
+                dataset = rng.choices(self.datasets[perspective], weights=self.dataset_weights[perspective])[0]
+                example = self.examples[rng.choice(self.dataset_members[perspective][dataset])]
             if self.augment is None:
                 chosen.append((example, ""))
             else:
@@ -100,13 +115,15 @@ class BatchBuilder:
         ``text_only`` leaves the masks out and skips the mask decoder (warm-up steps).
         Extra keys: ``sample_ids`` and ``perspectives`` (pop them before calling the model).
         """
-        samples, entries, pixels = [], [], []
+        samples, entries, pixels, refine_pixels = [], [], [], []
         for example, flip in chosen:
             ref = image_ref(example, flip)
             if self.cache.enabled:
                 entry = self.cache.get(ref)
                 geometry = entry.geometry
                 entries.append(entry)
+                if self.processor.settings.refine_size and not text_only:  # cheap: not cached
+                    refine_pixels.append(self.processor.refine_pixels(ref.load(), geometry))
             else:
                 inputs = self.processor.preprocess_image(ref.load())
                 geometry = inputs.geometry
@@ -119,11 +136,13 @@ class BatchBuilder:
             )
         batch = self.processor.collate(samples)
         if entries:
-            batch["image_features"] = stack_features(entries, "cpu", torch.float32)
+            batch["image_features"] = stack_features(entries, "cpu", torch.float32, torch.cat(refine_pixels) if refine_pixels else None)
         else:
             batch["grounding_pixel_values"] = torch.cat([p.grounding_pixel_values for p in pixels])
             if pixels[0].vision_pixel_values is not None:
                 batch["vision_pixel_values"] = torch.cat([p.vision_pixel_values for p in pixels])
+            if pixels[0].refine_pixel_values is not None:
+                batch["refine_pixel_values"] = torch.cat([p.refine_pixel_values for p in pixels])
         if text_only:
             batch.pop("target_masks", None)
             batch["decode_masks"] = False
@@ -153,11 +172,9 @@ def move_batch(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     moved = {}
     for key, value in batch.items():
         if isinstance(value, ImageFeatures):
-            grounding = value.grounding.to(device, dtype)
-            same = value.understanding is value.grounding
-            moved[key] = ImageFeatures(grounding, grounding if same else value.understanding.to(device, dtype))
+            moved[key] = value.to(device, dtype)
         elif isinstance(value, torch.Tensor):
-            floating = key in ("grounding_pixel_values", "vision_pixel_values")
+            floating = key in ("grounding_pixel_values", "vision_pixel_values", "refine_pixel_values")
             moved[key] = value.to(device, dtype) if floating else value.to(device)
         else:
             moved[key] = value

@@ -79,6 +79,7 @@ PARTS = {
     "aligner": "aligner.",
     "visual_prompt_encoder": "visual_prompt_encoder.",
     "seg_projection": "seg_projection.",
+    "mask_refiner": "mask_refiner.",
     "mask_decoder": "grounding.mask_decoder.",
     "prompt_encoder": "grounding.prompt_encoder.",
     "image_encoder": "grounding.image_encoder.",
@@ -110,6 +111,8 @@ class TrainPartsSection:
     aligner: bool = True
     visual_prompt_encoder: bool = True
     seg_projection: bool = True
+    mask_refiner: bool = True
+    """The high-resolution mask refiner (models that have one)."""
     mask_decoder: bool | None = None
     prompt_encoder: bool | None = None
     image_encoder: bool | None = None
@@ -147,6 +150,9 @@ class SamplingSection:
     """Under max_images_per_dataset, take images already in the feature cache first."""
     max_samples_per_dataset: int | None = None
     max_samples_per_perspective: int | None = None
+    dataset_balance: float = 1.0
+    """Within a perspective, a dataset is drawn with weight (its samples) ** dataset_balance:
+    1 draws samples uniformly (large datasets dominate), 0 draws every dataset equally often."""
     val_samples: int = 32
     """Validation samples scored every ``eval_every`` steps (teacher-forced losses and mask Dice)."""
     train_split: str = "train"
@@ -263,6 +269,8 @@ class TrainConfig:
             raise ConfigError(f"sampling.perspective_weights has unknown perspectives {unknown}; known: {', '.join(PERSPECTIVES)}")
         if any(w < 0 for w in self.sampling.perspective_weights.values()):
             raise ConfigError("sampling.perspective_weights must not be negative")
+        if not 0.0 <= self.sampling.dataset_balance <= 1.0:
+            raise ConfigError(f"sampling.dataset_balance {self.sampling.dataset_balance} is not between 0 and 1")
         for name in ("hflip", "vflip"):
             if not 0 <= getattr(self.augment, name) <= 1:
                 raise ConfigError(f"augment.{name} is a probability in [0, 1]")

@@ -261,8 +261,10 @@ class FeatureCache:
         return stats
 
 
-def stack_features(entries: Sequence[CachedFeatures], device: torch.device | str, dtype: torch.dtype):
-    """One batch of cached features in the model's precision on its device."""
+def stack_features(entries: Sequence[CachedFeatures], device: torch.device | str, dtype: torch.dtype,
+                   refine_pixels: torch.Tensor | None = None):
+    """One batch of cached features in the model's precision on its device, with the mask
+    refiner's pixel canvases (not cached: cheap to make) when the model has a refiner."""
     from ..modeling import ImageFeatures
 
     grounding = torch.cat([e.features.grounding for e in entries]).to(device=device, dtype=dtype)
@@ -270,4 +272,5 @@ def stack_features(entries: Sequence[CachedFeatures], device: torch.device | str
         understanding = grounding
     else:
         understanding = torch.cat([e.features.understanding for e in entries]).to(device=device, dtype=dtype)
-    return ImageFeatures(grounding, understanding)
+    pixels = None if refine_pixels is None else refine_pixels.to(device=device, dtype=dtype)
+    return ImageFeatures(grounding, understanding, pixels)

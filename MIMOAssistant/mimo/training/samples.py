@@ -512,6 +512,29 @@ def load_examples(
     return cap_images_per_dataset(examples, max_images_per_dataset, seed, prefer)
 
 
+def box_seg_variants(examples: Sequence[Example], box_margin: float = 3.0) -> list[Example]:
+    """A box-prompted "Segment the X." turn for every single-target text_seg example.
+
+    Data-builder folders have no box_seg perspective (a box with a naming question is
+    prompt_perception); without it a model never sees a box beside a segmentation request, and
+    fine-tuning the decoder on text queries alone costs box-prompted Dice. The box is the
+    mask's bounding box plus ``box_margin`` pixels (training jitters it).
+    """
+    variants = []
+    for example in examples:
+        if example.perspective != "text_seg" or len(example.mask_files) != 1 or example.kind is not None:
+            continue
+        mask = read_mask(example.mask_files[0])
+        if not mask.any():
+            continue
+        question, answer = phrasings.phrase("box_seg", example.targets, example.modality)
+        variants.append(dataclasses.replace(
+            example, id=f"{example.id}/box", perspective="box_seg", question=question, answer=answer,
+            prompts=[box_around(mask, box_margin)], kind="box_seg", history=[],
+        ))
+    return variants
+
+
 def rephrased(example: Example, rng: random.Random) -> Example:
     """The same sample in another phrasing (manifest-built samples only)."""
     if example.kind is None:

@@ -36,7 +36,7 @@ from ..errors import MimoError
 from .batches import BatchBuilder, StepBatches, image_ref, move_batch
 from .config import TrainConfig
 from .features import FeatureCache
-from .samples import Example, cap_per_key, load_examples
+from .samples import Example, box_seg_variants, cap_per_key, load_examples
 
 LOG_FILE = "training_log.jsonl"
 SELECTION_FILE = "train_images.json"
@@ -115,8 +115,10 @@ def configure_parts(model, config: TrainConfig) -> None:
     elif parts.language_model == "full" and not is_peft_model(model.language_model):
         model.config.language_model.training = "full"
         model.language_model.requires_grad_(True)
-    for name in ("aligner", "visual_prompt_encoder", "seg_projection"):
-        getattr(model, name).requires_grad_(bool(getattr(parts, name)))
+    for name in ("aligner", "visual_prompt_encoder", "seg_projection", "mask_refiner"):
+        module = getattr(model, name)
+        if module is not None:
+            module.requires_grad_(bool(getattr(parts, name)))
     for name in ("lm_weight", "bce_weight", "dice_weight"):
         value = getattr(config.loss, name)
         if value is not None:
@@ -189,6 +191,8 @@ def training_examples(config: TrainConfig, cache: FeatureCache | None = None, ch
                 return False
 
     train = load_examples(data, sampling.train_split, sampling.datasets, sampling.max_images_per_dataset, config.seed, prefer)
+    if sampling.perspective_weights.get("box_seg", 0) > 0 and not any(e.perspective == "box_seg" for e in train):
+        train = train + box_seg_variants(train)
     train = cap_per_key(train, lambda e: e.dataset, sampling.max_samples_per_dataset, config.seed)
     train = cap_per_key(train, lambda e: e.perspective, sampling.max_samples_per_perspective, config.seed)
     val: list[Example] = []
@@ -377,7 +381,7 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
         chosen = set(json.loads(selection.read_text())) if selection.is_file() else None
         train_examples, val_examples = training_examples(config, cache, chosen)
     builder = BatchBuilder(train_examples, processor, cache, config.batch_size, config.sampling.perspective_weights, config.augment,
-                           config.seed, accelerator.process_index)
+                           config.seed, accelerator.process_index, config.sampling.dataset_balance)
     val_builder = BatchBuilder(val_examples, processor, cache, config.batch_size, None, None, config.seed) if val_examples else None
     say(f"samples: {len(train_examples)} train ({_count(train_examples, 'perspective')}), {len(val_examples)} val; "
         f"{len({e.image for e in train_examples})} train images from {len({e.dataset for e in train_examples})} datasets")
@@ -556,7 +560,7 @@ def _poisoned(batch: dict) -> dict:
     batch = dict(batch)
     if "image_features" in batch:
         features = batch["image_features"]
-        batch["image_features"] = ImageFeatures(features.grounding * float("nan"), features.understanding * float("nan"))
+        batch["image_features"] = ImageFeatures(features.grounding * float("nan"), features.understanding * float("nan"), features.pixels)
     else:
         batch["grounding_pixel_values"] = batch["grounding_pixel_values"] * float("nan")
     return batch
