@@ -316,7 +316,7 @@ def test_malformed_checkpoints_fail_with_a_clear_error(tokenizer, tmp_path):
         "missing tensor": (lambda: variant("i", edit_weights(lambda s: s.pop("aligner.queries"))), r"1 missing tensors \(aligner.queries\)"),
         "extra tensor": (lambda: variant("j", edit_weights(lambda s: s.update(surprise=torch.zeros(1)))), r"1 unexpected tensors \(surprise\)"),
         "wrong shape": (lambda: variant("k", edit_weights(lambda s: s.update({"aligner.queries": torch.zeros(3, 3)}))), r"aligner.queries: saved \(3, 3\), expected \(16, 128\)"),
-        "other config": (lambda: variant("l", edit_config(lambda d: d["aligner"].update(num_queries=8))), r"aligner.queries: saved \(16, 128\), expected \(8, 128\)"),
+        "other config": (lambda: variant("l", edit_config(lambda d: d["aligner"].update(num_queries=9))), r"aligner.queries: saved \(16, 128\), expected \(9, 128\)"),
         "corrupt": (lambda: variant("m", lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 64)), "not a readable safetensors file"),
     }
     for name, (make, message) in cases.items():
@@ -503,3 +503,22 @@ def test_mimo_tiny_overfits_eight_real_images(open2d_records, tokenizer):
         assert text == target and terms == [target], (target, text, terms)
         assert score > 0.9, (target, score)
 
+
+
+def test_image_tokens_carry_the_image_from_the_first_step():
+    """A SAM embedding is small (standard deviation near 0.1) and mostly shared between images:
+    the aligner must still give different images clearly different <image> tokens before any
+    training (it once drowned them under position and source codes, and a language model
+    trained on it answered every image alike)."""
+    from mimo.modeling.aligner import MultiModalInputAligner
+
+    torch.manual_seed(0)
+    aligner = MultiModalInputAligner(image_dim=256, text_dim=64, hidden_size=64, output_dim=64, num_queries=16,
+                                     num_layers=2, num_heads=4, mlp_ratio=2.0, image_token_grid=8)
+    shared = torch.randn(1, 256, 64, 64) * 0.1
+    first = shared + torch.randn(1, 256, 64, 64) * 0.03
+    second = shared + torch.randn(1, 256, 64, 64) * 0.03
+    text = torch.randn(1, 5, 64) * 0.02
+    tokens = [aligner(image, text, torch.ones(1, 5), torch.zeros(1, 0, 64), torch.zeros(1, 0, dtype=torch.bool))[0] for image in (first, second)]
+    difference = (tokens[0] - tokens[1]).norm() / tokens[0].norm()
+    assert difference > 0.1, float(difference)

@@ -79,11 +79,24 @@ class MultiModalInputAligner(nn.Module):
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * 0.02)
         self.image_input = nn.Linear(image_dim, hidden_size)
         self.text_input = nn.Linear(text_dim, hidden_size)
+        # Image features (a SAM embedding has a standard deviation near 0.1) and fresh token
+        # embeddings are small: normalised, their content outweighs the position and source
+        # codes added to them, instead of being drowned by them.
+        self.image_norm = nn.LayerNorm(hidden_size)
+        self.text_norm = nn.LayerNorm(hidden_size)
         self.source_embedding = nn.Embedding(3, hidden_size)
+        nn.init.normal_(self.source_embedding.weight, std=0.02)
         self.layers = nn.ModuleList(AlignerLayer(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
         self.image_projection = projection(hidden_size, output_dim)
         self.region_projection = projection(hidden_size, output_dim)
+        # A direct path from the image to each <image> token, as LLaVA's projector: query k
+        # also carries cell k of a sqrt(Q) x sqrt(Q) pooled grid. Learned queries alone
+        # start as constants that the language model learns to ignore before they learn to
+        # read the image; this path cannot be ignored and trains in a few hundred steps.
+        self.direct_grid = math.isqrt(num_queries)  # MimoConfig.validate: num_queries is a square
+        self.direct_norm = nn.LayerNorm(image_dim)
+        self.direct_projection = projection(image_dim, output_dim)
 
     @property
     def num_queries(self) -> int:
@@ -101,8 +114,8 @@ class MultiModalInputAligner(nn.Module):
         -> image tokens (B, Q, D_lm) and region tokens (B, R, D_lm) for the language model."""
         grid = min(self.image_token_grid, image_features.shape[-1])
         image = F.adaptive_avg_pool2d(image_features, grid).flatten(2).transpose(1, 2)
-        image = self.image_input(image) + sincos_grid(grid, self.queries.shape[1]).to(image)
-        text = self.text_input(text_embeddings.to(image.dtype))
+        image = self.image_norm(self.image_input(image)) + 0.1 * sincos_grid(grid, self.queries.shape[1]).to(image)
+        text = self.text_norm(self.text_input(text_embeddings.to(image.dtype)))
         batch = image.shape[0]
         sources = self.source_embedding.weight
         memory = torch.cat([image + sources[SOURCE_IMAGE], text + sources[SOURCE_TEXT], prompt_embeddings + sources[SOURCE_PROMPT]], dim=1)
@@ -110,4 +123,6 @@ class MultiModalInputAligner(nn.Module):
         queries = self.queries[None].expand(batch, -1, -1)
         for layer in self.layers:
             queries = layer(queries, memory, ~keep)
-        return self.image_projection(self.norm(queries)), self.region_projection(prompt_embeddings)
+        cells = F.adaptive_avg_pool2d(image_features, self.direct_grid).flatten(2).transpose(1, 2)
+        direct = self.direct_projection(self.direct_norm(cells.to(queries.dtype)))
+        return self.image_projection(self.norm(queries)) + direct, self.region_projection(prompt_embeddings)

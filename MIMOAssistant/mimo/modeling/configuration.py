@@ -21,6 +21,7 @@ so that an engine refuses, with a clear message, a checkpoint it cannot read.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,8 @@ class MimoConfig:
         self.understanding.validate()
         self.language_model.validate()
         self.refiner.validate()
+        if math.isqrt(self.aligner.num_queries) ** 2 != self.aligner.num_queries:
+            raise BackendError(f"aligner num_queries {self.aligner.num_queries} is not a square number (each query carries one cell of a square image grid)")
         if self.aligner.hidden_size % self.aligner.num_heads:
             raise BackendError(f"aligner hidden_size {self.aligner.hidden_size} is not divisible by num_heads {self.aligner.num_heads}")
 

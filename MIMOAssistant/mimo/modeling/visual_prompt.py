@@ -30,6 +30,9 @@ class VisualPromptEncoder(nn.Module):
     def __init__(self, feature_dim: int, hidden_size: int) -> None:
         super().__init__()
         self.feature_projection = nn.Linear(feature_dim, hidden_size)
+        # Pooled features are small (see the aligner): normalised, what the prompt covers is
+        # not outweighed by where it is and what kind of prompt it is.
+        self.feature_norm = nn.LayerNorm(hidden_size)
         self.box_embedding = nn.Linear(4, hidden_size)
         self.type_embedding = nn.Embedding(len(REGION_TYPES), hidden_size)
         self.norm = nn.LayerNorm(hidden_size)
@@ -40,6 +43,6 @@ class VisualPromptEncoder(nn.Module):
         Padded regions (type -1) get the embedding of type 0; the caller masks them out.
         """
         pooled = mask_pool(features, masks)
-        embedding = self.feature_projection(pooled) + self.box_embedding(boxes.to(pooled.dtype) * 2 - 1)
+        embedding = self.feature_norm(self.feature_projection(pooled)) + self.box_embedding(boxes.to(pooled.dtype) * 2 - 1)
         embedding = embedding + self.type_embedding(types.clamp_min(0))
         return self.norm(embedding)
