@@ -139,3 +139,29 @@ def test_installed_demo_command(tmp_path):
     assert "vertebra" in answer.lower(), answer  # MIMO names the level ("The L2 vertebra ..."), LiteMedSAM echoes the question
     assert "segment '" in result.stdout and "vertebra" in result.stdout.split("segment '", 1)[1].split("'")[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-overlay.png", "demo-seg.dcm", "demo.seg.nrrd"]
+
+
+def test_ask_defaults_to_the_embedded_mimo_tiny_and_grounds_text_only_questions(capsys, tmp_path):
+    """With MIMO-Tiny shipped, a question alone (no prompt) is answered in text and its grounded
+    term becomes a named, coded segment. 211_HC is in the held-out test split of
+    `mimo-assistant data build` (seed 0): MIMO-Tiny never trained on it."""
+    from mimo.modeling.presets import embedded_checkpoint
+
+    if embedded_checkpoint() is None:
+        pytest.skip("this installation ships no embedded mimo-tiny checkpoint")
+    image = shared_path("open2d", "hc18/images/211_HC.jpg")
+    reference = read_mask(shared_path("open2d", "hc18/masks/211_HC.png"))
+    out = tmp_path / "head.png"
+    code, stdout, stderr = run(capsys, "ask", image, "Segment the fetal head.", "--out", out, "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["backend"]["name"] == "mimo" and "mimo-tiny" in report["backend"]["model"]
+    assert [span["term"] for span in report["spans"]] == ["fetal head"], report["answer"]
+    segment = report["segments"][0]
+    assert segment["name"] == "fetal head" and segment["label"] == 1
+    labels = np.asarray(Image.open(out))
+    assert dice(labels == 1, reference) >= 0.9  # 0.977 when measured
+
+    code, stdout, stderr = run(capsys, "ask", image, "Which imaging modality is this?", "--out", tmp_path / "none.png", "--json")
+    assert code == 0, stderr
+    assert "ultrasound" in json.loads(stdout)["answer"].lower()

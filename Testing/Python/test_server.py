@@ -314,7 +314,9 @@ def test_full_queue_answers_503_with_retry_after_and_health_shows_it():
             responses = list(pool.map(lambda _: _post(url, f"/v1/sessions/{session}/ask", body), range(4)))
             watcher.result()
         codes = Counter(r.status_code for r in responses)
-        assert codes[200] >= 2 and codes[503] >= 1, codes  # one runs, one waits, the rest are turned away
+        # One runs and the rest are turned away; a second may wait in the queue, unless it
+        # arrived before the worker took the first one off it (a race the test cannot order).
+        assert codes[200] >= 1 and codes[503] >= 1 and codes[200] + codes[503] == 4, codes
         busy = next(r for r in responses if r.status_code == 503)
         assert int(busy.headers["Retry-After"]) >= 1 and busy.json()["error"]["type"] == "QueueFull"
         assert any(s["running"] == 1 for s in states) and any(s["queued"] == 1 for s in states)
