@@ -63,7 +63,7 @@ class MaskRefiner(nn.Module):
         images, position = torch.unique(batch_index, return_inverse=True)  # encode only images with masks
         full, half, quarter = (level[position] for level in self.encode(pixels[images].to(coarse_logits.dtype)))
         coarse = coarse_logits[:, None]
-        # Logits are clamped before they enter the convolutions: a confident decoder writes
+        # Logits are squashed (tanh) before they enter the convolutions: a confident decoder writes
         # magnitudes in the tens, which would swamp the normalised image features.
         scaled = [F.interpolate(coarse, size=level.shape[-2:], mode="bilinear", align_corners=False) for level in (full, half, quarter)]
         hints = [torch.tanh(s / 4) for s in scaled]
