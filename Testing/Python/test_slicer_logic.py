@@ -1096,3 +1096,12 @@ def test_remote_backend_needs_consent_per_server_and_no_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     print(result.stdout.strip())
+
+
+def test_the_panel_defaults_to_the_embedded_mimo_tiny_when_shipped():
+    from mimo.modeling.presets import embedded_checkpoint
+    from MIMOAssistantLib.backendconfig import defaultLocalModel
+
+    expected = "mimo" if embedded_checkpoint() is not None else "litemedsam"
+    assert defaultLocalModel() == expected == BackendConfig().model == BackendConfig.fromJSON("").model
+    assert BackendConfig.fromJSON(BackendConfig(model="litemedsam").toJSON()).model == "litemedsam"  # a saved choice wins

@@ -25,7 +25,7 @@ pytest.importorskip("pytestqt", reason="pytest-qt is needed for the offscreen pa
 from conftest import dice  # noqa: E402
 from MIMOAssistantLib import MIMOAssistantLogic, sliceGeometryFromSliceNode  # noqa: E402
 from MIMOAssistantLib import qtcompat as q  # noqa: E402
-from MIMOAssistantLib.backendconfig import CONSENT_KEY, BackendConfig  # noqa: E402
+from MIMOAssistantLib.backendconfig import CONFIG_KEY, CONSENT_KEY, BackendConfig  # noqa: E402
 from PySide6.QtCore import QPoint, QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from slicer_fixtures import installed_scene, slicer  # noqa: E402
@@ -72,11 +72,14 @@ class Harness:
         green_logic.FitSliceToAll()
         self.settingsPath = tmp_path / "settings.ini"
         self.settings = QSettings(str(self.settingsPath), QSettings.IniFormat)
+        self.settings.setValue(CONFIG_KEY, BackendConfig(model="litemedsam").toJSON())
         self.widget, self.ui = q.loadUI(str(UI_FILE))
         qtbot.addWidget(self.widget)
         self.logic = MIMOAssistantLogic(settings=self.settings)
-        self.logic.configureBackend(BackendConfig())  # what the panel selects by default
-        self.logic.setBackend(backend)  # the real LiteMedSAM, loaded once per test session
+        # The panel tests drive the real LiteMedSAM (loaded once per test session); with MIMO-Tiny
+        # shipped the panel's default is MIMO, so LiteMedSAM is chosen here and in the settings.
+        self.logic.configureBackend(BackendConfig(model="litemedsam"))
+        self.logic.setBackend(backend)
         self.panel = MIMOAssistantPanel(self.widget, self.ui, scene.scene, self.logic, settings=self.settings)
         self.widget.resize(400, 1000)
         self.widget.show()
