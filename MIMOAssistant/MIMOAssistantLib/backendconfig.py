@@ -8,12 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import mimo
-
-from mimo.backend import Backend, create_backend
+from mimo.backend import Backend, create_backend, default_backend_name
 from mimo.errors import BackendError
 
 LOCAL, REMOTE = "local", "remote"
@@ -52,19 +49,10 @@ class ConsentRequired(BackendError):
     """A remote server was chosen but the user has not agreed to send slices to it."""
 
 
-def defaultLocalModel() -> str:
-    """``mimo`` when this installation ships the embedded MIMO-Tiny, else ``litemedsam``.
-
-    Found by file, without importing the engine (and torch, which may not be installed yet).
-    """
-    weights = Path(mimo.__file__).resolve().parent / "resources" / "mimo-tiny" / "model.safetensors"
-    return "mimo" if weights.is_file() else "litemedsam"
-
-
 @dataclass(frozen=True)
 class BackendConfig:
     mode: str = LOCAL  # LOCAL or REMOTE
-    model: str = field(default_factory=defaultLocalModel)  # local: "litemedsam" or "mimo"
+    model: str = field(default_factory=default_backend_name)  # local: "litemedsam" or "mimo" (MIMO-Tiny when shipped)
     modelPath: str = ""  # local: checkpoint (LiteMedSAM: optional; MIMO: checkpoint directory)
     device: str = "auto"  # local: auto, cpu, cuda
     url: str = ""  # remote: server URL

@@ -14,6 +14,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -245,10 +246,18 @@ def check_cancel(cancel: threading.Event | None) -> None:
 ALL_PROMPT_TYPES = frozenset(PROMPT_TYPES)
 
 
+#: The mimo-tiny checkpoint shipped inside the package (when this installation has one).
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "resources" / "mimo-tiny"
+
+
+def embedded_checkpoint() -> Path | None:
+    """The embedded mimo-tiny checkpoint, or None. Found by file: no torch import, so the
+    Slicer module can choose its default before the model's packages are installed."""
+    return EMBEDDED_CHECKPOINT if (EMBEDDED_CHECKPOINT / "model.safetensors").is_file() else None
+
+
 def default_backend_name() -> str:
     """``mimo`` when this installation ships the embedded mimo-tiny checkpoint, else ``litemedsam``."""
-    from .modeling.presets import embedded_checkpoint
-
     return "mimo" if embedded_checkpoint() else "litemedsam"
 
 
@@ -262,7 +271,6 @@ def create_backend(name: str | None = None, model: str | None = None, device: st
         return LiteMedSAMBackend(checkpoint=model, device=device, **options)
     if name == "mimo":
         from .backends.mimo import MimoBackend
-        from .modeling.presets import embedded_checkpoint
 
         model = model or embedded_checkpoint()
         if not model:

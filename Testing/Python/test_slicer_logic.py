@@ -1099,9 +1099,9 @@ def test_remote_backend_needs_consent_per_server_and_no_torch(tmp_path):
 
 
 def test_the_panel_defaults_to_the_embedded_mimo_tiny_when_shipped():
+    from mimo.backend import default_backend_name
     from mimo.modeling.presets import embedded_checkpoint
-    from MIMOAssistantLib.backendconfig import defaultLocalModel
 
     expected = "mimo" if embedded_checkpoint() is not None else "litemedsam"
-    assert defaultLocalModel() == expected == BackendConfig().model == BackendConfig.fromJSON("").model
+    assert default_backend_name() == expected == BackendConfig().model == BackendConfig.fromJSON("").model
     assert BackendConfig.fromJSON(BackendConfig(model="litemedsam").toJSON()).model == "litemedsam"  # a saved choice wins

@@ -64,6 +64,8 @@ class MimoPredictor:
         self.cache = FeatureCache(self.model, self.processor, cache_dir, dtype=torch.float16 if cache_dir else torch.float32,
                                   enabled=cache_dir is not None, memory_items=2)
         self.encode_seconds: list[float] = []
+        self._refine_pixels: tuple[str, object] | None = None
+        """(image path, refiner canvas) of the last image: the questions about it share it."""
 
     def describe(self) -> dict:
         from ..training.features import encoder_hash
@@ -89,8 +91,9 @@ class MimoPredictor:
             self.encode_seconds.append(self.cache.encode_seconds - seconds_before)
         from ..training.features import stack_features
 
-        refine_pixels = self.processor.refine_pixels(example.load_image(), entry.geometry)
-        features = stack_features([entry], self.device, self.dtype, refine_pixels)
+        if self._refine_pixels is None or self._refine_pixels[0] != example.image:  # once per image
+            self._refine_pixels = (example.image, self.processor.refine_pixels(example.load_image(), entry.geometry))
+        features = stack_features([entry], self.device, self.dtype, self._refine_pixels[1])
         start = time.perf_counter()
         inputs = self.processor(entry.geometry, example.question, example.prompts, example.history)
         with torch.inference_mode():

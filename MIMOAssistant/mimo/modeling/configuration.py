@@ -226,11 +226,6 @@ class MimoConfig:
         if self.aligner.hidden_size % self.aligner.num_heads:
             raise BackendError(f"aligner hidden_size {self.aligner.hidden_size} is not divisible by num_heads {self.aligner.num_heads}")
 
-    @property
-    def mask_size(self) -> int:
-        """The canvas of the masks the model outputs (and of the targets it trains on)."""
-        return self.refiner.size if self.refiner.enabled else self.grounding.mask_size
-
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}

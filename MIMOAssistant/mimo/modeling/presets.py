@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..backend import EMBEDDED_CHECKPOINT, embedded_checkpoint  # noqa: F401  (re-exported: callers find it with the presets)
 from ..errors import BackendError
 from .checkpoint import CheckpointError
 from .configuration import (
@@ -113,11 +114,3 @@ def save_mimo(model: MimoForConditionalGeneration, processor: MimoProcessor, dir
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
 
-
-
-EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent.parent / "resources" / "mimo-tiny"
-
-
-def embedded_checkpoint() -> Path | None:
-    """The mimo-tiny checkpoint shipped inside the package, when this installation has one."""
-    return EMBEDDED_CHECKPOINT if (EMBEDDED_CHECKPOINT / "model.safetensors").is_file() else None

@@ -142,6 +142,11 @@ def letterbox_size(shape: tuple[int, int], spacing_mm: tuple[float, float], size
     return max(1, round(size * height_mm / longest)), max(1, round(size * width_mm / longest))
 
 
+def _pixel_tensor(image: SliceImage) -> torch.Tensor:
+    """(1, 3, h, w) float tensor of a slice's RGB display pixels."""
+    return torch.from_numpy(np.array(image.pixels, copy=True)).permute(2, 0, 1)[None].float()
+
+
 def _place(image: torch.Tensor, resized: tuple[int, int], size: int, mode: str) -> torch.Tensor:
     """Resize (1, C, h, w) to ``resized`` and pad it onto a (1, C, size, size) canvas of zeros."""
     if mode == "bilinear":
@@ -248,7 +253,7 @@ class MimoProcessor:
 
     def preprocess_image(self, image: SliceImage) -> ImageInputs:
         settings = self.settings
-        pixels = torch.from_numpy(np.array(image.pixels, copy=True)).permute(2, 0, 1)[None].float()
+        pixels = _pixel_tensor(image)
         resized = letterbox_size(image.shape, image.spacing_mm, settings.grounding_size)
         grounding = self._grounding_canvas(pixels, resized, settings.grounding_size)
         vision = None
@@ -258,15 +263,16 @@ class MimoProcessor:
             vision_resized = letterbox_size(image.shape, image.spacing_mm, settings.vision_size)
             vision = _place((pixels / 255.0 - mean) / std, vision_resized, settings.vision_size, "bilinear")
         geometry = ImageGeometry(image.shape, resized, settings.grounding_size)
-        return ImageInputs(grounding, vision, geometry, self.refine_pixels(image, geometry))
+        return ImageInputs(grounding, vision, geometry, self._refine_canvas(pixels, geometry))
 
     def refine_pixels(self, image: SliceImage, geometry: ImageGeometry) -> torch.Tensor | None:
-        """The mask refiner's (1, 3, R, R) canvas of ``image``: the grounding canvas's layout at R px."""
+        """The mask refiner's (1, 3, R, R) canvas of ``image``: the grounding canvas's layout at R px
+        (None for a model without a refiner)."""
+        return self._refine_canvas(_pixel_tensor(image), geometry) if self.settings.refine_size else None
+
+    def _refine_canvas(self, pixels: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor | None:
         size = self.settings.refine_size
-        if not size:
-            return None
-        pixels = torch.from_numpy(np.array(image.pixels, copy=True)).permute(2, 0, 1)[None].float()
-        return self._grounding_canvas(pixels, geometry.on_grid(size), size)
+        return self._grounding_canvas(pixels, geometry.on_grid(size), size) if size else None
 
     def _grounding_canvas(self, pixels: torch.Tensor, resized: tuple[int, int], size: int) -> torch.Tensor:
         """(1, 3, h, w) pixels resized to ``resized``, normalised as the grounding model expects,

@@ -61,11 +61,8 @@ class BatchBuilder:
         # Within a perspective a dataset is drawn with weight (its samples) ** dataset_balance:
         # 1 draws samples uniformly (large datasets dominate), 0 draws datasets uniformly.
         self.dataset_balance = dataset_balance
-        self.datasets = {p: sorted(by_dataset[p]) for p in self.perspectives}
-        self.dataset_members = {p: by_dataset[p] for p in self.perspectives}
-        self.dataset_weights = {
-            p: [len(by_dataset[p][d]) ** dataset_balance for d in self.datasets[p]] for p in self.perspectives
-        }
+        self.dataset_members = {p: dict(sorted(by_dataset[p].items())) for p in self.perspectives}
+        self.dataset_weights = {p: [len(m) ** dataset_balance for m in self.dataset_members[p].values()] for p in self.perspectives}
         self._shapes: dict[str, tuple[int, int]] = {}
 
     # ----- what to encode ---------------------------------------------------------------------
@@ -93,7 +90,7 @@ class BatchBuilder:
             if self.dataset_balance == 1.0:
                 example = self.examples[rng.choice(self.groups[perspective])]
             else:
-                dataset = rng.choices(self.datasets[perspective], weights=self.dataset_weights[perspective])[0]
+                dataset = rng.choices(list(self.dataset_members[perspective]), weights=self.dataset_weights[perspective])[0]
                 example = self.examples[rng.choice(self.dataset_members[perspective][dataset])]
             if self.augment is None:
                 chosen.append((example, ""))
