@@ -319,7 +319,9 @@ def test_full_queue_answers_503_with_retry_after_and_health_shows_it():
         assert codes[200] >= 1 and codes[503] >= 1 and codes[200] + codes[503] == 4, codes
         busy = next(r for r in responses if r.status_code == 503)
         assert int(busy.headers["Retry-After"]) >= 1 and busy.json()["error"]["type"] == "QueueFull"
-        assert any(s["running"] == 1 for s in states) and any(s["queued"] == 1 for s in states)
+        assert any(s["running"] == 1 for s in states)
+        if codes[200] == 2:  # the second one waited in the queue for 0.6 s: health showed it
+            assert any(s["queued"] == 1 for s in states), states
         assert all(s["capacity"] == 1 for s in states)
     finally:
         server.stop()

@@ -94,15 +94,23 @@ def test_feature_cache_encodes_each_image_once_and_returns_identical_features(wo
     directory = workspace / "cache-test"
 
     first = FeatureCache(model, processor, directory)
-    stats = first.encode_missing(refs, progress=False)
-    assert stats["encoded"] == len(refs) == len(calls) and stats["cached"] == 0
+    stats = first.encode_missing(refs, progress=False, batch_size=3)
+    batches = -(-len(refs) // 3)
+    assert stats["encoded"] == len(refs) and len(calls) == batches and stats["cached"] == 0
     second = FeatureCache(model, processor, directory)
     again = second.encode_missing(refs, progress=False)
-    assert again["encoded"] == 0 and again["cached"] == len(refs) and len(calls) == len(refs), "second pass must hit the cache"
+    assert again["encoded"] == 0 and again["cached"] == len(refs) and len(calls) == batches, "second pass must hit the cache"
+
+    # Every image of a batch gets its own features, equal to encoding it alone.
+    for ref in sorted(refs, key=lambda r: (r.path, r.flip))[:4]:
+        alone = first._encode(ref)
+        assert torch.allclose(second.get(ref).features.grounding.float(), alone.features.grounding.float(), atol=2e-3)
+        assert second.get(ref).geometry == alone.geometry
+    calls.clear()
 
     ref = min(refs, key=lambda r: (r.path, r.flip))
     a, b = first.get(ref), second.get(ref)
-    assert len(calls) == len(refs) and second.hits >= 1
+    assert not calls and second.hits >= 1
     assert torch.equal(a.features.grounding, b.features.grounding) and a.geometry == b.geometry
     assert a.features.grounding.dtype == torch.float16
     inputs = processor.preprocess_image(ref.load())
@@ -145,6 +153,22 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(workspace):
     initial, _ = load_mimo(workspace / "tiny")
     changed = trained_state_dict(model)["aligner.queries"]
     assert not torch.equal(changed, trained_state_dict(initial)["aligner.queries"])
+
+
+def test_a_frozen_language_model_trains_only_the_mask_path(workspace):
+    """Fine-tuning the masks alone: text-only steps and batches without masks have nothing to
+    learn, which must neither crash the backward pass nor move the frozen parts."""
+    from mimo.modeling import load_mimo
+    from mimo.modeling.checkpoint import trained_state_dict
+
+    status, output = run_config(workspace, "mask-path", steps=6, text_warmup_steps=2,
+                                train={"language_model": "frozen", "aligner": False, "visual_prompt_encoder": False})
+    assert status == 0
+    before = trained_state_dict(load_mimo(workspace / "tiny")[0])
+    after = trained_state_dict(load_mimo(output / "final")[0])
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith(("seg_projection.", "mask_refiner.", "grounding.mask_decoder.")) for name in moved), sorted(moved)[:8]
+    assert any(name.startswith("seg_projection.") for name in moved)
 
 
 def test_resume_continues_exactly_where_the_interrupted_run_stopped(workspace):

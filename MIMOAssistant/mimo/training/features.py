@@ -144,18 +144,27 @@ class FeatureCache:
     # ----- reading and writing ----------------------------------------------------------------
 
     def _encode(self, ref: ImageRef) -> CachedFeatures:
+        return self._encode_batch([ref])[0]
+
+    def _encode_batch(self, refs: Sequence[ImageRef]) -> list[CachedFeatures]:
+        """Encode several images in one forward pass (measured on a 2-core CPU: LiteMedSAM takes
+        about 1.7 s per image four at a time, about 2 s one by one)."""
         from ..modeling import ImageFeatures
 
         start = time.perf_counter()
-        inputs = self.processor.preprocess_image(ref.load())
+        inputs = [self.processor.preprocess_image(ref.load()) for ref in refs]
+        vision = None if inputs[0].vision_pixel_values is None else torch.cat([i.vision_pixel_values for i in inputs])
         with torch.inference_mode():
-            features = self.model.encode_images(inputs.grounding_pixel_values, inputs.vision_pixel_values)
-        self.encoded += 1
+            features = self.model.encode_images(torch.cat([i.grounding_pixel_values for i in inputs]), vision)
+        self.encoded += len(refs)
         self.encode_seconds += time.perf_counter() - start
         same = features.understanding is features.grounding
-        grounding = features.grounding.detach().to("cpu", self.dtype).clone()
-        understanding = grounding if same else features.understanding.detach().to("cpu", self.dtype).clone()
-        return CachedFeatures(inputs.geometry, ImageFeatures(grounding, understanding))
+        entries = []
+        for index, item in enumerate(inputs):
+            grounding = features.grounding[index:index + 1].detach().to("cpu", self.dtype).clone()
+            understanding = grounding if same else features.understanding[index:index + 1].detach().to("cpu", self.dtype).clone()
+            entries.append(CachedFeatures(item.geometry, ImageFeatures(grounding, understanding)))
+        return entries
 
     def _write(self, key: str, entry: CachedFeatures, ref: ImageRef) -> None:
         from safetensors.torch import save_file
@@ -227,11 +236,15 @@ class FeatureCache:
         rank: int = 0,
         world_size: int = 1,
         log: Callable[[str], None] | None = None,
+        batch_size: int = 4,
     ) -> dict:
-        """Encode every image not yet cached (this process's share of them); resumable.
+        """Encode every image not yet cached (this process's share of them), ``batch_size`` at a
+        time; resumable.
 
         Returns counts and the mean encode time per image.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         refs = sorted(set(refs), key=lambda r: (r.path, r.flip, r.spacing_mm))
         if not self.enabled:
             return {"images": len(refs), "encoded": 0, "cached": 0, "seconds_per_image": None}
@@ -243,11 +256,14 @@ class FeatureCache:
             from tqdm.auto import tqdm
 
             iterator = tqdm(missing, desc="encoding images", unit="image", dynamic_ncols=True)
-        for ref in iterator:
-            key = self.key(ref)
-            if self.file(key).is_file():  # another process did it
-                continue
-            self._write(key, self._encode(ref), ref)
+        pending: list[ImageRef] = []
+        for position, ref in enumerate(iterator):
+            if not self.file(self.key(ref)).is_file():  # another process may have done it
+                pending.append(ref)
+            if pending and (len(pending) == batch_size or position == len(missing) - 1):
+                for done, entry in zip(pending, self._encode_batch(pending)):
+                    self._write(self.key(done), entry, done)
+                pending = []
         count = self.encoded - before_count
         stats = {
             "images": len(refs),

@@ -478,7 +478,13 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
                     if bar is not None:
                         bar.close()
                     raise
-                accelerator.backward(output.loss)
+                loss = output.loss
+                if not loss.requires_grad:
+                    # Nothing trainable produced this loss (a frozen language model and a batch
+                    # without masks): a zero that touches every trainable parameter keeps the
+                    # backward pass, and the processes of a distributed run, in step.
+                    loss = loss + sum(p.sum() for p in params) * 0.0
+                accelerator.backward(loss)
                 if accelerator.sync_gradients and opt.max_grad_norm is not None:
                     norm = accelerator.clip_grad_norm_(params, opt.max_grad_norm)  # None under DeepSpeed (it clips itself)
                     grad_norm = None if norm is None else float(norm)
