@@ -249,21 +249,24 @@ class FeatureCache:
         if not self.enabled:
             return {"images": len(refs), "encoded": 0, "cached": 0, "seconds_per_image": None}
         mine = refs[rank::world_size]
-        missing = [ref for ref in mine if not self.file(self.key(ref)).is_file()]
+        keyed = [(self.key(ref), ref) for ref in mine]  # a key reads the image's header: once each
+        missing = [(key, ref) for key, ref in keyed if not self.file(key).is_file()]
         before_count, before_seconds = self.encoded, self.encode_seconds
-        iterator: Sequence | Iterable = missing
+        bar = None
         if progress and missing:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(missing, desc="encoding images", unit="image", dynamic_ncols=True)
-        pending: list[ImageRef] = []
-        for position, ref in enumerate(iterator):
-            if not self.file(self.key(ref)).is_file():  # another process may have done it
-                pending.append(ref)
-            if pending and (len(pending) == batch_size or position == len(missing) - 1):
-                for done, entry in zip(pending, self._encode_batch(pending)):
-                    self._write(self.key(done), entry, done)
-                pending = []
+            bar = tqdm(total=len(missing), desc="encoding images", unit="image", dynamic_ncols=True)
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start:start + batch_size]
+            todo = [(key, ref) for key, ref in batch if not self.file(key).is_file()]  # another process may have done some
+            if todo:
+                for (key, ref), entry in zip(todo, self._encode_batch([ref for _, ref in todo])):
+                    self._write(key, entry, ref)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
         count = self.encoded - before_count
         stats = {
             "images": len(refs),
