@@ -40,6 +40,32 @@ def test_an_untrained_refiner_returns_the_upsampled_decoder_logits():
     assert empty.shape == (0, 48, 48)
 
 
+def test_a_widened_refiner_draws_the_same_masks_and_its_new_channels_learn():
+    torch.manual_seed(0)
+    refiner = MaskRefiner(prompt_dim=16, size=48)
+    for parameter in refiner.parameters():  # a trained refiner: no zero head or FiLM any more
+        parameter.data.normal_(0.0, 0.3)
+    wide = refiner.widened((16, 24, 32))
+    assert wide.channels == (16, 24, 32) and wide.fuse0[0].weight.shape == (16, 24 + 16 + 1, 3, 3)
+    pixels, coarse = torch.rand(2, 3, 48, 48), 5 * torch.randn(3, 24, 24)
+    index, prompts = torch.tensor([0, 1, 1]), torch.randn(3, 16)
+    before = refiner(pixels, coarse, index, prompts)
+    after = wide(pixels, coarse, index, prompts)
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+
+    optimizer = torch.optim.SGD(wide.parameters(), lr=0.1)
+    for _ in range(2):  # the head's new inputs move first, then the channels feeding them
+        optimizer.zero_grad()
+        wide(pixels, coarse, index, prompts).pow(2).mean().backward()
+        optimizer.step()
+    assert wide.head.weight[0, 8:].abs().sum() > 0 and wide.fuse0[0].weight.grad[8:].abs().sum() > 0
+
+    with pytest.raises(ValueError, match="none below"):
+        refiner.widened((8, 8, 16))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        refiner.widened((12, 16, 16))
+
+
 def test_the_refiner_recovers_one_pixel_lines_that_the_coarse_grid_blurs():
     """Coarse logits at a quarter of the resolution (what SAM's decoder sees of a thin
     structure) give a poor Dice; the refiner, reading the full-resolution image, fixes it."""

@@ -171,6 +171,20 @@ def test_a_frozen_language_model_trains_only_the_mask_path(workspace):
     assert any(name.startswith("seg_projection.") for name in moved)
 
 
+def test_a_run_can_widen_the_refiner_of_its_starting_checkpoint(workspace, capsys):
+    from mimo.modeling import load_mimo
+
+    assert load_mimo(workspace / "tiny")[0].mask_refiner.channels == (8, 16, 16)
+    status, output = run_config(workspace, "widened", steps=3, text_warmup_steps=1,
+                                model={"widen_refiner_to": [16, 24, 32]}, sampling={"dataset_weights": {"synth_ct": 2.0}})
+    assert status == 0
+    model, _ = load_mimo(output / "final")
+    assert model.mask_refiner.channels == (16, 24, 32) and tuple(model.config.refiner.channels) == (16, 24, 32)
+    assert model.mask_refiner.fuse1[0].weight.shape == (24, 32 + 24 + 1, 3, 3)
+    status, _ = run_config(workspace, "misweighted", steps=1, sampling={"dataset_weights": {"drive": 2.0}})
+    assert status == 2 and "dataset_weights names datasets with no training samples: drive" in capsys.readouterr().err
+
+
 def test_resume_continues_exactly_where_the_interrupted_run_stopped(workspace):
     status, straight = run_config(workspace, "straight", steps=8, save_every=100)
     assert status == 0
@@ -236,6 +250,10 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
         config_from_dict({**base, "model": {"preset": "mimo-7b"}})
     with pytest.raises(ConfigError, match="unknown perspectives"):
         config_from_dict({**base, "sampling": {"perspective_weights": {"textseg": 1}}})
+    with pytest.raises(ConfigError, match="widen_refiner_to needs model.init_checkpoint"):
+        config_from_dict({**base, "model": {"widen_refiner_to": [16, 32, 32]}})
+    with pytest.raises(ConfigError, match="dataset_weights must not be negative"):
+        config_from_dict({**base, "sampling": {"dataset_weights": {"drive": -1}}})
     relative = tmp_path / "c.json"
     relative.write_text(json.dumps({**base, "data": "sub/data"}))
     assert load_config(relative, {"optimizer.lr": 0.5}).data_path == tmp_path / "sub" / "data"
@@ -348,3 +366,6 @@ def test_dataset_balance_draws_small_datasets_as_often_as_large_ones():
         counts[balance] = Counter(e.dataset for index in range(200) for e, _ in builder.draw(index))
     assert 0.07 < counts[1.0]["small"] / 2000 < 0.13  # proportional to size
     assert 0.45 < counts[0.0]["small"] / 2000 < 0.55  # every dataset equally often
+    weighted = BatchBuilder(examples, None, None, 10, dataset_balance=0.0, dataset_weights={"small": 3.0})
+    drawn = Counter(e.dataset for index in range(200) for e, _ in weighted.draw(index))
+    assert 0.70 < drawn["small"] / 2000 < 0.80  # three draws of "small" for each of "large"

@@ -11,6 +11,10 @@ upsampled coarse logits; the correction starts at zero, so an untrained refiner 
 decoder's mask unchanged.
 
 The image encoder runs once per image; only the decoder runs per mask.
+
+A trained refiner can be widened (:meth:`MaskRefiner.widened`) without changing what it
+computes: its channels keep their weights and every new channel starts with zero weight into
+the old ones, so further training adds capacity instead of starting over.
 """
 
 from __future__ import annotations
@@ -29,11 +33,22 @@ def conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seque
     )
 
 
+def _old_positions(old_sizes: list[int], new_sizes: list[int]) -> torch.Tensor:
+    """Where each old channel of a concatenation of pieces sits once every piece is wider."""
+    positions, start = [], 0
+    for old, new in zip(old_sizes, new_sizes):
+        positions.append(torch.arange(start, start + old))
+        start += new
+    return torch.cat(positions)
+
+
 class MaskRefiner(nn.Module):
     def __init__(self, prompt_dim: int, size: int, channels: tuple[int, int, int] = (8, 16, 16)) -> None:
         super().__init__()
         c0, c1, c2 = channels
         self.size = size
+        self.prompt_dim = prompt_dim
+        self.channels = (c0, c1, c2)
         self.stem = conv_block(3, c0)
         self.down1 = nn.Sequential(conv_block(c0, c1, stride=2), conv_block(c1, c1))
         self.down2 = nn.Sequential(conv_block(c1, c2, stride=2), conv_block(c2, c2))
@@ -46,6 +61,57 @@ class MaskRefiner(nn.Module):
         nn.init.zeros_(self.head.bias)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
+
+    def _channel_layout(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Per parameterised layer: the sizes of the concatenated pieces of its input and of its
+        output (the order of ``torch.cat`` in :meth:`forward`, FiLM's scale then shift)."""
+        c0, c1, c2 = self.channels
+        return {
+            "stem.0": ([3], [c0]), "stem.1": ([], [c0]),
+            "down1.0.0": ([c0], [c1]), "down1.0.1": ([], [c1]), "down1.1.0": ([c1], [c1]), "down1.1.1": ([], [c1]),
+            "down2.0.0": ([c1], [c2]), "down2.0.1": ([], [c2]), "down2.1.0": ([c2], [c2]), "down2.1.1": ([], [c2]),
+            "film": ([self.prompt_dim], [c2, c2]),
+            "fuse2.0": ([c2, 1], [c2]), "fuse2.1": ([], [c2]),
+            "fuse1.0": ([c2, c1, 1], [c1]), "fuse1.1": ([], [c1]),
+            "fuse0.0": ([c1, c0, 1], [c0]), "fuse0.1": ([], [c0]),
+            "head": ([c0], [1]),
+        }
+
+    @torch.no_grad()
+    def widened(self, channels: tuple[int, int, int], seed: int = 0) -> MaskRefiner:
+        """A refiner with more channels that computes exactly what this one does.
+
+        Old channels come first in every layer and keep their weights; weights from a new
+        channel into an old one are zero, so the old channels (and the output) are unchanged.
+        New channels get fresh random weights (seeded) into themselves, FiLM rows of zero and
+        GroupNorm's identity, so they start learning at once. GroupNorm groups stay eight
+        channels wide, which keeps the old channels' normalisation groups as they were.
+        """
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != 3 or any(new < old for new, old in zip(channels, self.channels)):
+            raise ValueError(f"refiner channels {channels} must be three sizes, none below the current {self.channels}")
+        if any(c % 8 for c in self.channels + channels):
+            raise ValueError(f"widening keeps GroupNorm groups of eight channels: sizes {self.channels} -> {channels} "
+                             "must all be multiples of 8")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            wide = MaskRefiner(self.prompt_dim, self.size, channels)
+        old_layout, new_layout = self._channel_layout(), wide._channel_layout()
+        old_params = dict(self.named_parameters())
+        for name, param in wide.named_parameters():
+            layer, kind = name.rsplit(".", 1)
+            (old_in, old_out), (new_in, new_out) = old_layout[layer], new_layout[layer]
+            old = old_params[name]
+            rows = _old_positions(old_out, new_out)
+            if layer == "film":  # FiLM of a new channel starts as the identity
+                param.zero_()
+            if old.dim() == 1:
+                param[rows] = old
+                continue
+            cols = _old_positions(old_in, new_in)
+            param[rows] = 0.0  # an old channel reads nothing from a new one
+            param[rows[:, None], cols[None, :]] = old
+        return wide
 
     def encode(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) canvas -> image features at S, S/2 and S/4."""

@@ -134,6 +134,15 @@ class MimoForConditionalGeneration(nn.Module):
 
     # ----- parameters ---------------------------------------------------------------------
 
+    def widen_mask_refiner(self, channels: tuple[int, int, int], seed: int = 0) -> None:
+        """Give the mask refiner more channels without changing any mask it draws (see
+        :meth:`MaskRefiner.widened`); the configuration records the new size for saving."""
+        if self.mask_refiner is None:
+            raise BackendError("this MIMO model has no mask refiner to widen")
+        reference = next(self.mask_refiner.parameters())
+        self.mask_refiner = self.mask_refiner.widened(channels, seed).to(reference.device, reference.dtype)
+        self.config.refiner.channels = tuple(self.mask_refiner.channels)
+
     def _frozen_modules(self) -> list[nn.Module]:
         grounding = self.config.grounding
         frozen = [

@@ -37,6 +37,7 @@ class BatchBuilder:
         seed: int = 0,
         rank: int = 0,
         dataset_balance: float = 1.0,
+        dataset_weights: dict[str, float] | None = None,
     ) -> None:
         if not examples:
             raise MimoError("no training samples: check 'data', the split and the sampling filters")
@@ -59,10 +60,15 @@ class BatchBuilder:
         self.groups = {p: groups[p] for p in self.perspectives}
         self.weights = [weights.get(p, 1.0) for p in self.perspectives]
         # Within a perspective a dataset is drawn with weight (its samples) ** dataset_balance:
-        # 1 draws samples uniformly (large datasets dominate), 0 draws datasets uniformly.
-        self.dataset_balance = dataset_balance
+        # 1 draws samples uniformly (large datasets dominate), 0 draws datasets uniformly; a
+        # dataset weight multiplies that (a hard target such as thin vessels drawn more often).
+        extra = dataset_weights or {}
+        self.uniform_samples = dataset_balance == 1.0 and not extra
         self.dataset_members = {p: dict(sorted(by_dataset[p].items())) for p in self.perspectives}
-        self.dataset_weights = {p: [len(m) ** dataset_balance for m in self.dataset_members[p].values()] for p in self.perspectives}
+        self.dataset_weights = {
+            p: [len(members) ** dataset_balance * extra.get(dataset, 1.0) for dataset, members in self.dataset_members[p].items()]
+            for p in self.perspectives
+        }
         self._shapes: dict[str, tuple[int, int]] = {}
 
     # ----- what to encode ---------------------------------------------------------------------
@@ -87,7 +93,7 @@ class BatchBuilder:
         chosen = []
         for _ in range(self.batch_size):
             perspective = rng.choices(self.perspectives, weights=self.weights)[0]
-            if self.dataset_balance == 1.0:
+            if self.uniform_samples:
                 example = self.examples[rng.choice(self.groups[perspective])]
             else:
                 dataset = rng.choices(list(self.dataset_members[perspective]), weights=self.dataset_weights[perspective])[0]

@@ -52,6 +52,9 @@ class ModelSection:
     """``mimo-tiny`` or ``mimo-7b`` (then give the three local paths); ignored with ``init_checkpoint``."""
     init_checkpoint: str | None = None
     """A MIMO checkpoint directory to start from (fine-tuning) instead of a new preset model."""
+    widen_refiner_to: list[int] | None = None
+    """With ``init_checkpoint``: widen its mask refiner to these three channel sizes (multiples of
+    8) before training; the masks it draws stay the same until the new channels learn."""
     text_model_path: str | None = None
     vision_model_path: str | None = None
     sam_model_path: str | None = None
@@ -153,6 +156,8 @@ class SamplingSection:
     dataset_balance: float = 1.0
     """Within a perspective, a dataset is drawn with weight (its samples) ** dataset_balance:
     1 draws samples uniformly (large datasets dominate), 0 draws every dataset equally often."""
+    dataset_weights: dict[str, float] = field(default_factory=dict)
+    """Multiplies a dataset's draw weight, e.g. {"drive": 3.0} (datasets not named: 1)."""
     val_samples: int = 32
     """Validation samples scored every ``eval_every`` steps (teacher-forced losses and mask Dice)."""
     train_split: str = "train"
@@ -246,6 +251,9 @@ class TrainConfig:
         if self.text_warmup_steps < 0:
             raise ConfigError("'text_warmup_steps' cannot be negative")
         model = self.model
+        if model.widen_refiner_to is not None and (model.init_checkpoint is None or len(model.widen_refiner_to) != 3):
+            raise ConfigError("model.widen_refiner_to needs model.init_checkpoint and three channel sizes, "
+                              f"got {model.widen_refiner_to!r}")
         if model.init_checkpoint is None:
             if model.preset not in ("mimo-tiny", "mimo-7b"):
                 raise ConfigError(f"model.preset {model.preset!r} is not one of mimo-tiny, mimo-7b (or give model.init_checkpoint)")
@@ -269,6 +277,8 @@ class TrainConfig:
             raise ConfigError(f"sampling.perspective_weights has unknown perspectives {unknown}; known: {', '.join(PERSPECTIVES)}")
         if any(w < 0 for w in self.sampling.perspective_weights.values()):
             raise ConfigError("sampling.perspective_weights must not be negative")
+        if any(w < 0 for w in self.sampling.dataset_weights.values()):
+            raise ConfigError(f"sampling.dataset_weights must not be negative: {self.sampling.dataset_weights}")
         if not 0.0 <= self.sampling.dataset_balance <= 1.0:
             raise ConfigError(f"sampling.dataset_balance {self.sampling.dataset_balance} is not between 0 and 1")
         for name in ("hflip", "vflip"):

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import MimoError
 from .batches import BatchBuilder, StepBatches, image_ref, move_batch
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .features import FeatureCache
 from .samples import Example, box_seg_variants, cap_per_key, load_examples
 
@@ -83,7 +83,10 @@ def build_model(config: TrainConfig):
 
     section = config.model
     if section.init_checkpoint:
-        return load_mimo(config.path(section.init_checkpoint))
+        model, processor = load_mimo(config.path(section.init_checkpoint))
+        if section.widen_refiner_to is not None:
+            model.widen_mask_refiner(tuple(section.widen_refiner_to), seed=section.seed)
+        return model, processor
     if section.preset == "mimo-tiny":
         return create_mimo_tiny(seed=section.seed)
     return create_mimo_7b(
@@ -380,8 +383,12 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
     if not main or resuming:
         chosen = set(json.loads(selection.read_text())) if selection.is_file() else None
         train_examples, val_examples = training_examples(config, cache, chosen)
+    unknown = sorted(set(config.sampling.dataset_weights) - {e.dataset for e in train_examples})
+    if unknown:
+        raise ConfigError(f"sampling.dataset_weights names datasets with no training samples: {', '.join(unknown)}")
     builder = BatchBuilder(train_examples, processor, cache, config.batch_size, config.sampling.perspective_weights, config.augment,
-                           config.seed, accelerator.process_index, config.sampling.dataset_balance)
+                           config.seed, accelerator.process_index, config.sampling.dataset_balance,
+                           config.sampling.dataset_weights)
     val_builder = BatchBuilder(val_examples, processor, cache, config.batch_size, None, None, config.seed) if val_examples else None
     say(f"samples: {len(train_examples)} train ({_count(train_examples, 'perspective')}), {len(val_examples)} val; "
         f"{len({e.image for e in train_examples})} train images from {len({e.dataset for e in train_examples})} datasets")
