@@ -211,3 +211,4 @@ def test_query_specificity_asks_for_another_target_of_the_same_image(tmp_path):
     assert table["lungs"]["mimo_text"]["dice"] == 1.0
     assert table["lungs"]["mimo_text_other_term"]["dice"] == pytest.approx(overlap)
     assert table["COVID-19 infection"]["mimo_text_other_term"]["dice"] == pytest.approx(overlap)
+    assert table["lungs"]["reference_other_term"]["dice"] == pytest.approx(overlap)

@@ -15,7 +15,8 @@ PERSPECTIVE_COLUMNS = (
     ("false_mask_rate", "false-mask rate"),
 )
 SYSTEM_NAMES = {"mimo_box": "MIMO + box", "mimo_text": "MIMO, text only", "litemedsam_box": "LiteMedSAM + box",
-                "mimo_text_other_term": "MIMO asked for another term (lower is better)"}
+                "mimo_text_other_term": "MIMO asked for another term (lower is better)",
+                "reference_other_term": "the other term's reference mask (the floor of the previous column)"}
 
 
 def _number(value) -> str:

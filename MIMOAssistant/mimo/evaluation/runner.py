@@ -19,7 +19,10 @@ samples, with the same box (the mask's bounding box + 3 pixels) for everyone:
 * ``mimo_text_other_term``: query specificity, where the image has a reference mask of another
   target too (lungs and infection on a chest X-ray; organs of a CT slice): the model asked for
   that other target, scored against *this* mask. A model that listens to the question scores
-  low here; one that segments whatever is salient scores as high as ``mimo_text``.
+  low here; one that segments whatever is salient scores as high as ``mimo_text``;
+* ``reference_other_term``: that other target's reference mask scored against this mask, the
+  floor of ``mimo_text_other_term`` (the two structures may overlap: infection inside the lungs),
+  so that the model's number can be read against what a model that follows the question scores.
 
 Identical turns are answered once (a manifest's box_seg samples are the mimo_box turns).
 """
@@ -37,7 +40,7 @@ from ..prompts import prompt_to_dict
 from ..training.samples import Example, box_around, read_mask
 from . import metrics
 
-SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box", "mimo_text_other_term")
+SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box", "mimo_text_other_term", "reference_other_term")
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Comparison:
     box: Example
     other_term: Example | None = None
     """The text turn for another target with a reference mask in the same image, if any."""
+    other_mask_file: str | None = None
+    """That other target's reference mask."""
 
 
 @dataclass
@@ -63,10 +68,11 @@ def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> lis
     """Every distinct (image, reference mask) of ``examples``, as a text and a box turn."""
     seen: set[tuple[str, str]] = set()
     result = []
-    targets_by_image: dict[str, set[str]] = defaultdict(set)
+    references_by_image: dict[str, dict[str, str]] = defaultdict(dict)
     for example in examples:
         if example.perspective != "negative" and len(example.targets) == len(example.mask_files):
-            targets_by_image[example.image].update(example.targets)
+            for target, mask_file in zip(example.targets, example.mask_files):
+                references_by_image[example.image].setdefault(target, mask_file)
     for example in examples:
         if example.perspective == "negative" or not example.mask_files or len(example.targets) != len(example.mask_files):
             continue
@@ -82,9 +88,10 @@ def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> lis
                       "spacing_mm": example.spacing_mm, "calibrated": example.calibrated, "split": example.split, "group": example.group}
             question = f"Segment the {target}."
             index = len(result)
-            others = sorted(targets_by_image[example.image] - {target})
-            other_term = None
+            others = sorted(set(references_by_image[example.image]) - {target})
+            other_term = other_mask_file = None
             if others:
+                other_mask_file = references_by_image[example.image][others[0]]
                 other_term = Example(id=f"compare/{index}/other", question=f"Segment the {others[0]}.", prompts=[],
                                      **{**common, "answer": f"<p>{others[0]}</p><SEG>", "targets": [others[0]]})
             result.append(Comparison(
@@ -92,6 +99,7 @@ def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> lis
                 Example(id=f"compare/{index}/text", question=question, prompts=[], **common),
                 Example(id=f"compare/{index}/box", question=question, prompts=[box_around(mask, box_margin)], **common),
                 other_term,
+                other_mask_file,
             ))
     return result
 
@@ -213,6 +221,10 @@ def run_evaluation(
                 predicted = metrics.match_masks(prediction.masks, [reference])[0]
                 row[name] = {"dice": metrics.dice(predicted, reference), "iou": metrics.iou(predicted, reference),
                              "answer": prediction.text}
+            if text_baseline and comparison.other_mask_file is not None:
+                other_reference = read_mask(comparison.other_mask_file)
+                row["reference_other_term"] = {"dice": metrics.dice(other_reference, reference),
+                                               "iou": metrics.iou(other_reference, reference), "answer": None}
             result.comparisons.append(row)
         ask_model.forget_image()
         if ask_litemedsam is not None:
