@@ -546,3 +546,68 @@ def test_shared_volume_masks_equal_label_maps(shared_build):
             assert np.array_equal(mask, extract_slice(volume.array, geometry) != 0)
             checked += 1
     assert checked
+
+
+def _atlas_pair(folder: Path) -> tuple[Path, Path, Path]:
+    """An image (1 mm grid, origin 0) and an atlas on another grid (2 mm voxels, origin x = -4.5 mm,
+    so that no image voxel is equidistant from two atlas voxels) in the same world space."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 10, (16, 20, 24)).astype(np.float32))
+    sitk.WriteImage(image, str(folder / "t1.nii.gz"))
+    atlas_array = np.zeros((12, 14, 16), dtype=np.uint8)  # (z, y, x)
+    atlas_array[2:10, 2:12, 4:8] = 1   # voxel centres x = -4.5 + 2 * (4..7) = 3.5..9.5 mm
+    atlas_array[2:10, 2:12, 9:13] = 2  # x = 13.5..19.5 mm
+    atlas = sitk.GetImageFromArray(atlas_array)
+    atlas.SetSpacing((2.0, 2.0, 2.0))
+    atlas.SetOrigin((-4.5, -4.0, -4.0))
+    sitk.WriteImage(atlas, str(folder / "atlas.nii.gz"))
+    (folder / "names.txt").write_text("1 Precentral_L 2001\n2 Precentral_R 2002\n")
+    return folder / "t1.nii.gz", folder / "atlas.nii.gz", folder / "names.txt"
+
+
+def test_atlas_labels_are_carried_by_world_coordinates_into_a_dataset_the_builder_reads(tmp_path):
+    import SimpleITK as sitk
+
+    from mimo.data.atlas import write_atlas_dataset
+    from mimo.data import volumes as V
+    from mimo.data.knowledge import Knowledge
+
+    image, atlas, names = _atlas_pair(tmp_path / "in")
+    path = write_atlas_dataset(image, atlas, names, tmp_path / "out", "toy_atlas", "MR", license="CC0 (test)")
+    carried = sitk.GetArrayFromImage(sitk.ReadImage(str(path.parent / "labels.nii.gz")))
+    assert carried.shape == (16, 20, 24)
+    # Nearest neighbour: an atlas voxel reaches 1 mm either side of its centre, so region 1
+    # (centres 3.5..9.5 mm) covers image x = 3..10 mm and region 2 (13.5..19.5 mm) x = 13..20 mm.
+    row = carried[6, 6]
+    assert set(np.nonzero(row == 1)[0]) == set(range(3, 11))
+    assert set(np.nonzero(row == 2)[0]) == set(range(13, 21))
+    assert row[0] == 0 and row[23] == 0
+    specs = V.discover(path.parent)
+    assert [(s.dataset, s.volume_id, s.modality) for s in specs] == [("toy_atlas", "toy_atlas", "MR")]
+    loaded = V.load(specs[0], Knowledge.default())
+    assert loaded.structure_names() == ["left precentral gyrus", "right precentral gyrus"]
+
+
+def test_atlas_dataset_rejects_disjoint_spaces_float_labels_and_an_existing_folder(tmp_path):
+    import SimpleITK as sitk
+
+    from mimo.data.atlas import AtlasError, write_atlas_dataset
+
+    image, atlas, names = _atlas_pair(tmp_path / "in")
+    far = sitk.ReadImage(str(atlas))
+    far.SetOrigin((500.0, 0.0, 0.0))
+    sitk.WriteImage(far, str(tmp_path / "far.nii.gz"))
+    with pytest.raises(AtlasError, match="do not overlap in world coordinates"):
+        write_atlas_dataset(image, tmp_path / "far.nii.gz", names, tmp_path / "out1", "toy")
+    assert not (tmp_path / "out1").exists()
+    fractional = sitk.GetImageFromArray(np.full((4, 4, 4), 0.5, dtype=np.float32))
+    sitk.WriteImage(fractional, str(tmp_path / "prob.nii.gz"))
+    with pytest.raises(AtlasError, match="non-integer"):
+        write_atlas_dataset(image, tmp_path / "prob.nii.gz", names, tmp_path / "out2", "toy")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(AtlasError, match="exists"):
+        write_atlas_dataset(image, atlas, names, tmp_path / "taken", "toy")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"

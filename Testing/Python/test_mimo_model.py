@@ -251,6 +251,26 @@ def test_generation_writes_one_mask_per_seg_streams_and_stops(tokenizer):
     assert sampled[0] == sampled[1]
 
 
+def test_masks_answering_a_box_or_lasso_stay_near_it_and_others_are_untouched():
+    from mimo.modeling.pixel_decoder import OUTSIDE_LOGIT, confine_to_regions
+    from mimo.modeling.visual_prompt import REGION_TYPES
+
+    logits = torch.full((4, 64, 64), 5.0)  # four masks covering the whole canvas (128 px)
+    region_types = torch.tensor([[REGION_TYPES["box"], REGION_TYPES["lasso"], REGION_TYPES["scribble"]]])
+    boxes = torch.tensor([[[20.0, 40.0, 60.0, 80.0], [0.0, 0.0, 127.0, 10.0], [0.0, 0.0, 8.0, 8.0]]])
+    confined = confine_to_regions(logits, torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, -1]), region_types, boxes, 128)
+    # Box (20, 40)-(60, 80) canvas px = (10, 20)-(30, 40) on the 64 px logits; reach 0.1 * 20 + 1 = 3.
+    kept = confined[0] > 0
+    rows, cols = np.nonzero(kept.numpy())
+    assert (cols.min(), cols.max(), rows.min(), rows.max()) == (7, 33, 17, 43)
+    assert torch.all(confined[0][~kept] == OUTSIDE_LOGIT)
+    assert torch.equal(confined[0][kept], logits[0][kept])
+    # The lasso's bounding box spans the width: only rows beyond its reach go.
+    assert bool((confined[1, :7] > 0).all()) and bool((confined[1, 7:] < 0).all())
+    assert torch.equal(confined[2], logits[2]) and torch.equal(confined[3], logits[3])  # scribble, no region
+    assert torch.equal(logits, torch.full((4, 64, 64), 5.0))  # the input is not modified
+
+
 # ----- checkpoints ------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ PERSPECTIVE_COLUMNS = (
 )
 SYSTEM_NAMES = {"mimo_box": "MIMO + box", "mimo_text": "MIMO, text only", "litemedsam_box": "LiteMedSAM + box",
                 "mimo_text_other_term": "MIMO asked for another term (lower is better)",
-                "reference_other_term": "the other term's reference mask (the floor of the previous column)"}
+                "reference_other_term": "the other term's reference mask (what a perfect model scores in the previous column)"}
 
 
 def _number(value) -> str:

@@ -20,9 +20,9 @@ samples, with the same box (the mask's bounding box + 3 pixels) for everyone:
   target too (lungs and infection on a chest X-ray; organs of a CT slice): the model asked for
   that other target, scored against *this* mask. A model that listens to the question scores
   low here; one that segments whatever is salient scores as high as ``mimo_text``;
-* ``reference_other_term``: that other target's reference mask scored against this mask, the
-  floor of ``mimo_text_other_term`` (the two structures may overlap: infection inside the lungs),
-  so that the model's number can be read against what a model that follows the question scores.
+* ``reference_other_term``: that other target's reference mask scored against this mask: what a
+  perfect model scores in ``mimo_text_other_term`` (the two structures may overlap: infection
+  inside the lungs), so that the model's number can be read against it.
 
 Identical turns are answered once (a manifest's box_seg samples are the mimo_box turns).
 """

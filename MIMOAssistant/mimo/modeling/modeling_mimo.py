@@ -33,7 +33,7 @@ from .grounding import build_grounding
 from .language_model import build_language_model
 from .losses import mask_bce_loss, mask_dice_loss, next_token_loss
 from .mask_refiner import MaskRefiner
-from .pixel_decoder import SegProjection, decode_seg_masks
+from .pixel_decoder import SegProjection, confine_to_regions, decode_seg_masks
 from .understanding import UnderstandingEncoder
 from .visual_prompt import VisualPromptEncoder
 
@@ -374,6 +374,8 @@ class MimoForConditionalGeneration(nn.Module):
         seg_batch = torch.zeros(count, dtype=torch.long, device=device)
         seg_rank = torch.arange(count, device=device)
         mask_logits, _ = self._decode_masks(features, tokens.seg_hidden_states, seg_batch, seg_rank, region_types, decoder_boxes)
+        mask_logits = confine_to_regions(mask_logits, seg_batch, seg_rank, region_types, decoder_boxes.to(device),
+                                         self.grounding.image_size)
         timings = {
             "generate_s": generated - start,
             "decode_masks_s": time.perf_counter() - generated,

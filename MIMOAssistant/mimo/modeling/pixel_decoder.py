@@ -11,6 +11,10 @@ what the text says.
 Masks with the same number of prompt tokens are decoded together, the others in their own
 groups, so that every mask sees exactly its own prompt tokens, the same whether it is
 decoded alone at inference or in a training batch.
+
+At inference a mask answering a box or a lasso is kept near that region
+(:func:`confine_to_regions`): the user drew where the structure is, and the ``<SEG>`` token can
+otherwise pull the decoder to a look-alike outside it (a second lesion-like blob beside the box).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from .grounding import GroundingModel
 from .visual_prompt import POINT_TYPES, REGION_TYPES
 
 BOX_CORNER_LABELS = (2, 3)
+#: How far a mask answering a box or lasso may reach beyond the region's bounding box, as a
+#: fraction of the box's side (a hand-drawn box can be a little tight) plus a pixel.
+REGION_REACH = 0.1
+#: Logit written outside the reach: far below any threshold, finite for half precision.
+OUTSIDE_LOGIT = -1e4
 
 
 class SegProjection(nn.Module):
@@ -88,3 +97,33 @@ def decode_seg_masks(
         for position, k in enumerate(members):
             logits[k] = group_logits[position]
     return torch.stack(logits)
+
+
+def confine_to_regions(
+    mask_logits: torch.Tensor,
+    seg_batch_index: torch.Tensor,
+    seg_region_index: torch.Tensor,
+    region_types: torch.Tensor,
+    decoder_boxes: torch.Tensor,
+    canvas_size: int,
+) -> torch.Tensor:
+    """``mask_logits`` (K, S, S) over the square canvas, with every pixel outside the reach of
+    the ``<SEG>``'s box or lasso (its bounding box grown by :data:`REGION_REACH`) set to
+    :data:`OUTSIDE_LOGIT`. Masks without a region, or with a point or scribble (the structure
+    extends beyond those), are returned unchanged. ``decoder_boxes`` are canvas pixels."""
+    confined = mask_logits.clone()
+    size = mask_logits.shape[-1]
+    scale = size / canvas_size
+    confining = (REGION_TYPES["box"], REGION_TYPES["lasso"])
+    for k in range(mask_logits.shape[0]):
+        b, r = int(seg_batch_index[k]), int(seg_region_index[k])
+        if not (0 <= r < region_types.shape[1]) or int(region_types[b, r]) not in confining:
+            continue
+        x0, y0, x1, y1 = (float(v) * scale for v in decoder_boxes[b, r])
+        reach_x, reach_y = REGION_REACH * (x1 - x0) + 1, REGION_REACH * (y1 - y0) + 1
+        left, top = max(int(x0 - reach_x), 0), max(int(y0 - reach_y), 0)
+        right, bottom = min(int(x1 + reach_x) + 1, size), min(int(y1 + reach_y) + 1, size)
+        keep = torch.zeros((size, size), dtype=torch.bool, device=mask_logits.device)
+        keep[top:bottom, left:right] = True
+        confined[k] = torch.where(keep, mask_logits[k], torch.full_like(mask_logits[k], OUTSIDE_LOGIT))
+    return confined
