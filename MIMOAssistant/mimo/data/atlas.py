@@ -75,7 +75,7 @@ def write_atlas_dataset(
     reference = sitk.ReadImage(str(image))
     labels = carry_labels(sitk.ReadImage(str(atlas)), reference, inside)
     out.mkdir(parents=True)
-    image_name = "image" + "".join(image.suffixes[-2:]) if image.name.endswith(".nii.gz") else "image" + image.suffix
+    image_name = "image" + (".nii.gz" if image.name.endswith(".nii.gz") else image.suffix)
     shutil.copyfile(image, out / image_name)
     sitk.WriteImage(labels, str(out / "labels.nii.gz"), useCompression=True)
     volume = {"id": dataset, "image": image_name, "modality": modality.upper(), "labels": "labels.nii.gz"}
