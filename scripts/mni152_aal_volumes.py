@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     template = datasets.load_mni152_template(resolution=1)
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata()) > 0
     # Colin27 in the training data is brain-extracted (ch2bet); so is the template here.
-    t1 = np.where(brain, np.asarray(template.get_fdata(), dtype=np.float32), 0).astype(np.float32)
+    t1 = np.where(brain, template.get_fdata(), 0).astype(np.float32)
     with tempfile.TemporaryDirectory() as work:
         t1_path = Path(work) / "mni152_t1_brain.nii.gz"
         nibabel.save(nibabel.Nifti1Image(t1, template.affine), str(t1_path))
