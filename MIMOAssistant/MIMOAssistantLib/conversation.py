@@ -30,10 +30,13 @@ def userEntry(text: str, view: str = "") -> dict:
     return {"role": USER, "text": text, "view": view, "time": time.time()}
 
 
-def assistantEntry(text: str, spans: list[dict], backend: str = "", latency: float | None = None) -> dict:
+def assistantEntry(text: str, spans: list[dict], backend: str = "", latency: float | None = None, caution: str | None = None) -> dict:
     """``spans``: ``{"term", "start", "end", "segmentationNodeID", "segmentationNodeName", "segmentId", "color"}``
-    (colour as ``#rrggbb``)."""
-    return {"role": ASSISTANT, "text": text, "spans": spans, "backend": backend, "latency": latency, "time": time.time()}
+    (colour as ``#rrggbb``); ``caution``: the backend's warning about this answer's masks."""
+    entry = {"role": ASSISTANT, "text": text, "spans": spans, "backend": backend, "latency": latency, "time": time.time()}
+    if caution:
+        entry["caution"] = caution
+    return entry
 
 
 def noticeEntry(text: str, role: str = NOTICE) -> dict:
@@ -111,6 +114,7 @@ ROLE_STYLE = {
     NOTICE: ("", "#707070"),
     ERROR: ("", "#b00000"),
 }
+CAUTION_COLOR = "#a05a00"
 
 
 def segmentLink(segmentationNodeID: str, segmentId: str) -> str:
@@ -174,6 +178,8 @@ def renderHtml(transcript: list[dict], segmentState: Callable[[dict], tuple[bool
             tail = f' <a href="{COPY_SCHEME}:{index}" style="color:#707070;">[copy]</a>'
             tail += f' <span style="color:#909090; font-size:small;">{" · ".join(meta)}</span>' if meta else ""
             rows.append(f'<p><b style="color:{color}">{who}:</b> {body}{tail}</p>')
+            if entry.get("caution"):
+                rows.append(f'<p style="color:{CAUTION_COLOR}; font-size:small;">&#9888; {html.escape(entry["caution"])}</p>')
         elif role == USER:
             view = f' <span style="color:#909090; font-size:small;">({html.escape(entry["view"])})</span>' if entry.get("view") else ""
             rows.append(f'<p><b style="color:{color}">{who}:</b> {html.escape(entry.get("text", ""))}{view}</p>')

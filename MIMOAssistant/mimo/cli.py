@@ -131,6 +131,7 @@ def run_ask(args: argparse.Namespace) -> dict:
         timings["write_s"] = time.perf_counter() - start
     return {
         "answer": result.answer.text,
+        "caution": result.answer.extra.get("caution"),
         "spans": [span.to_dict() for span in result.answer.spans],
         "segments": [segment.to_dict() for segment in result.segments],
         "slice": {"axis": geometry.axis, "index": geometry.index, "size": list(geometry.shape)},
@@ -226,6 +227,8 @@ def _embedded_mimo() -> str | None:
 
 def _print_human(report: dict) -> None:
     print(report["answer"])
+    if report.get("caution"):
+        print(f"Caution: {report['caution']}")
     for segment in report["segments"]:
         codes = segment["terminology"]
         kind = "custom (no standard code)" if codes.get("custom") else f"SNOMED CT {codes['type']['value']} {codes['type']['meaning']}"

@@ -165,3 +165,24 @@ def test_ask_defaults_to_the_embedded_mimo_tiny_and_grounds_text_only_questions(
     code, stdout, stderr = run(capsys, "ask", image, "Which imaging modality is this?", "--out", tmp_path / "none.png", "--json")
     assert code == 0, stderr
     assert "ultrasound" in json.loads(stdout)["answer"].lower()
+
+
+def test_a_text_only_mask_on_ct_carries_the_model_cards_caution(capsys, tmp_path):
+    """MIMO-Tiny's card says its text-only masks on CT and MR are unreliable; the answer says so
+    where the user reads it (printed, and in --json), and a box-prompted turn does not."""
+    from mimo.modeling.presets import embedded_checkpoint
+
+    if embedded_checkpoint() is None:
+        pytest.skip("this installation ships no embedded mimo-tiny checkpoint")
+    spleen_ct = shared_path("volumes", "ivadomed_spleen_spine", "sub-spleen2_ct.nii.gz")
+    spleen = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_path("volumes", "ivadomed_spleen_spine", "sub-spleen2_ct_seg-manual.nii.gz")))) > 0
+    k = int(np.argmax(spleen.sum(axis=(1, 2))))
+    where = ["--axis", "axial", "--slice", k]
+    code, stdout, stderr = run(capsys, "ask", spleen_ct, "Segment the spleen.", *where, "--out", tmp_path / "text.nii.gz")
+    assert code == 0, stderr
+    assert "Caution: MIMO-Tiny does not pick one structure among many from the question alone on CT and MR" in stdout
+    code, stdout, stderr = run(capsys, "ask", spleen_ct, "Segment the spleen.", *where, "--box", *box_around(spleen[k]),
+                               "--out", tmp_path / "box.nii.gz", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["caution"] is None and [s["term"] for s in report["spans"]] == ["spleen"], report["answer"]

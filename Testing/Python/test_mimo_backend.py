@@ -17,13 +17,14 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from mimo.backend import Message, SliceImage, Turn
-from mimo.backends.mimo import MimoBackend
+from mimo.backends.mimo import CAUTION_KEY, MimoBackend
 from mimo.errors import BackendError, Cancelled
 from mimo.modeling import create_mimo_tiny, fit, save_mimo
 from mimo.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
 
 QUESTION = "Segment the liver."
 ANSWER = "The <p>liver</p><SEG> is shown."
+CAUTION = "Text-only masks are unreliable on CT and MR: draw a box."
 
 
 def liver_image() -> SliceImage:
@@ -44,6 +45,7 @@ def checkpoint(tmp_path_factory):
         features = model.encode_images(inputs.grounding_pixel_values, refine_pixel_values=inputs.refine_pixel_values)
     batch = {**processor(inputs.geometry, QUESTION, [], answer=ANSWER), "image_features": features, "decode_masks": False}
     fit(model, [batch], steps=60, learning_rate=3e-3)
+    model.config.model_card[CAUTION_KEY] = {"modalities": ["CT", "MR"], "message": CAUTION}
     path = tmp_path_factory.mktemp("mimo-tiny")
     save_mimo(model, processor, path)
     return path
@@ -114,6 +116,47 @@ def test_a_cancelled_turn_raises_cancelled(backend):
         backend.ask(session, Turn(QUESTION), progress=cancel_on_first_token, cancel=cancel)
     backend.close()
     assert backend.session_count == 0
+
+
+def test_the_model_cards_caution_marks_text_only_masks_on_ct_and_mr_only(backend):
+    """A text-only mask on CT (or on a calibrated volume of unrecorded modality, MR-like) carries
+    the card's caution; a box-prompted turn and a 2D picture of unknown pixel size do not."""
+    ct = liver_image()
+    answers = {}
+    for name, image, prompts in (
+        ("ct text", ct, []),
+        ("ct box", ct, [BoxPrompt(30, 25, 110, 95)]),
+        ("volume of unknown modality", SliceImage(ct.pixels, ct.spacing_mm, "OT"), []),
+        ("ultrasound", SliceImage(ct.pixels, ct.spacing_mm, "US"), []),
+        ("uncalibrated picture", SliceImage(ct.pixels, ct.spacing_mm, "OT", calibrated=False), []),
+    ):
+        session = backend.open_session(image)
+        answer = backend.ask(session, Turn(QUESTION, prompts))
+        assert len(answer.masks) == 1, name
+        answers[name] = answer.extra.get("caution")
+        backend.close_session(session)
+    assert answers == {"ct text": CAUTION, "ct box": None, "volume of unknown modality": CAUTION, "ultrasound": None, "uncalibrated picture": None}
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ({"modalities": ["CT"]}, "must be"),
+        ({"modalities": [], "message": "x"}, "must be"),
+        ({"modalities": ["CAT"], "message": "x"}, "unknown modalities \\['CAT'\\]"),
+    ],
+)
+def test_a_malformed_caution_in_the_model_card_is_a_clear_error(checkpoint, tmp_path, rule, message):
+    import json
+    import shutil
+
+    copy = tmp_path / "card"
+    shutil.copytree(checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model_card"][CAUTION_KEY] = rule
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BackendError, match=message):
+        MimoBackend(copy, device="cpu")
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):

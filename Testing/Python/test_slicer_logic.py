@@ -980,6 +980,18 @@ def test_propagation_cancels_and_refuses_what_it_cannot_do(slicer_scene, litemed
         logic.preparePropagation(volume_node, red, segmentation_node, segment_id)
 
 
+def test_an_answers_caution_is_shown_under_it_escaped_and_kept_with_the_scene():
+    """The backend's caution (Answer.extra["caution"]) reaches the chat under the answer, as
+    text (never markup), and survives saving the conversation."""
+    entry = chat.assistantEntry("The liver is shown.", [], "mimo", 1.0, "Draw a <box> & ask again.")
+    html = chat.renderHtml([chat.userEntry("Segment the liver.", "Red"), entry])
+    assert "&#9888; Draw a &lt;box&gt; &amp; ask again." in html and "<box>" not in html
+    assert html.index("The liver is shown.") < html.index("Draw a &lt;box&gt;")
+    assert chat.fromJSON(chat.toJSON([entry]))[0]["caution"] == "Draw a <box> & ask again."
+    assert "caution" not in chat.assistantEntry("The liver is shown.", [], "mimo", 1.0)
+    assert "&#9888;" not in chat.renderHtml([chat.assistantEntry("The liver is shown.", [], "mimo", 1.0)])
+
+
 def test_conversation_is_saved_with_the_scene_and_restored(slicer_scene, litemedsam, tmp_path):
     """Write the scene as a Slicer data bundle (.mrb), load it into a fresh scene: the chat,
     its grounded links and the engine's conversation context come back."""

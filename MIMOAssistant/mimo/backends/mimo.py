@@ -8,6 +8,11 @@ one, else in float32 on the CPU.
 Any visual prompt may come with a question: the k-th prompt is referred to as the k-th
 ``<region>`` of the question (added in front of it when the question does not say where) and
 is also given to the mask decoder for the k-th mask the model writes.
+
+A checkpoint's model card may say where its text-only grounding cannot be trusted
+(``text_only_grounding_caution``); an answer that draws masks there from the question alone
+carries that caution in ``Answer.extra["caution"]``, so every front end can show it beside the
+masks rather than only in the documentation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from ..backend import (
     check_cancel,
 )
 from ..errors import BackendError, Cancelled
+from ..image import MODALITIES
+
+CAUTION_KEY = "text_only_grounding_caution"
 
 
 @dataclass
@@ -40,6 +48,35 @@ class _EncodedSlice:
     features: object  # mimo.modeling.ImageFeatures
     encode_seconds: float
     answered: bool = False
+
+
+@dataclass(frozen=True)
+class TextGroundingCaution:
+    """A model card's warning: on these modalities the masks drawn from a question alone (no
+    visual prompt) are unreliable. Card form: ``{"modalities": ["CT", "MR"], "message": "..."}``."""
+
+    modalities: frozenset[str]
+    message: str
+
+    @classmethod
+    def from_model_card(cls, card: dict) -> TextGroundingCaution | None:
+        rule = (card or {}).get(CAUTION_KEY)
+        if rule is None:
+            return None
+        modalities = rule.get("modalities") if isinstance(rule, dict) else None
+        message = rule.get("message") if isinstance(rule, dict) else None
+        if not isinstance(modalities, list) or not modalities or not isinstance(message, str) or not message.strip():
+            raise BackendError(f"model card {CAUTION_KEY!r} must be {{'modalities': [...], 'message': '...'}}, got {rule!r}")
+        unknown = sorted(set(modalities) - set(MODALITIES))
+        if unknown:
+            raise BackendError(f"model card {CAUTION_KEY!r} names unknown modalities {unknown}; expected some of {', '.join(MODALITIES)}")
+        return cls(frozenset(modalities), message.strip())
+
+    def applies(self, image: SliceImage, turn: Turn, answer: Answer) -> bool:
+        # A volume of unrecorded modality ("OT" with a physical pixel size) is MR-like, as in
+        # mimo.image.guess_modality; 2D pictures of unknown size are not.
+        modality = "MR" if image.modality == "OT" and image.calibrated else image.modality
+        return bool(answer.masks) and not turn.prompts and modality in self.modalities
 
 
 class MimoBackend(Backend):
@@ -67,6 +104,7 @@ class MimoBackend(Backend):
         self.model_path = Path(model_path)
         self.model, self.processor = load_mimo(self.model_path, device=self.device, dtype=dtype, **weight_paths)
         self.max_new_tokens = max_new_tokens
+        self.caution = TextGroundingCaution.from_model_card(self.model.config.model_card)
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -111,5 +149,7 @@ class MimoBackend(Backend):
             stop_reason=generation.stop_reason,
             image_embedding_cached=state.answered,
         )
+        if self.caution is not None and self.caution.applies(image, turn, answer):
+            answer.extra["caution"] = self.caution.message
         state.answered = True
         return answer
