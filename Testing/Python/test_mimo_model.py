@@ -376,6 +376,69 @@ def test_mimo_tiny_references_litemedsam_instead_of_copying_it(tokenizer, tmp_pa
         load_mimo(tmp_path)
 
 
+def box_masks(model, processor, geometry, features, turns):
+    """Final mask logits of teacher-forced turns (question, prompts) answered with one <SEG>."""
+    outputs = []
+    for question, prompts in turns:
+        inputs = processor(geometry, question, prompts, answer="<p>liver</p><SEG>")
+        with torch.no_grad():
+            outputs.append(model(**inputs, image_features=features).mask_logits)
+    return outputs
+
+
+def test_box_prior_starts_closed_opens_to_litemedsam_and_is_saved_without_copying_it(tokenizer, tmp_path):
+    """The box prior mixes the package's pretrained decoder into masks answering a box or lasso.
+    Added to a model, it leaves every mask within the closed gate's 0.25 %; forced open, a box
+    answer is LiteMedSAM's own mask for that box, even when the model's decoder was fine-tuned
+    away from it; masks of other prompts never change; a checkpoint holds the gate, not the decoder."""
+    from safetensors import safe_open
+
+    from mimo.backend import Turn
+    from mimo.backends.litemedsam import LiteMedSAMBackend
+
+    model, processor = create_mimo_tiny(tokenizer=tokenizer)
+    with torch.no_grad():  # as fine-tuning would, move the model's own decoder away from LiteMedSAM's
+        for parameter in model.grounding.mask_decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    image, disk = disk_image(96, 128)
+    geometry, features = encode(model, processor, image)
+    box = BoxPrompt(*box_around(disk))
+    turns = [("Segment the liver.", [box]), ("Segment the liver.", [LassoPrompt(((30, 15), (90, 14), (92, 80), (28, 82)))]),
+             ("Segment the liver.", [PointPrompt(50, 43)]), ("Segment the liver.", [])]
+    before = box_masks(model, processor, geometry, features, turns)
+    model.add_box_prior()
+    assert model.config.segmentation.box_prior and not any(p.requires_grad for p in model.box_prior.mask_decoder.parameters())
+    closed = box_masks(model, processor, geometry, features, turns)
+    for old, new in zip(before[:2], closed[:2]):
+        assert (old > 0).ne(new > 0).float().mean() < 1e-3 and not torch.equal(old, new)
+    assert torch.equal(before[2], closed[2]) and torch.equal(before[3], closed[3])
+
+    torch.nn.init.constant_(model.box_prior.gate.bias, 30.0)
+    litemedsam = LiteMedSAMBackend(device="cpu")
+    reference = litemedsam.ask(litemedsam.open_session(image), Turn("", [box])).masks[0]
+    answer_ids = processor.tokenizer.encode("<p>liver</p><SEG>", add_special_tokens=False)
+
+    def box_answer_mask():
+        return processor.to_answer(answer_ids, box_masks(model, processor, geometry, features, turns[:1])[0], geometry).masks[0]
+
+    opened = dice(box_answer_mask(), reference)
+    model.box_prior.gate.bias.data.fill_(-30.0)
+    shut = dice(box_answer_mask(), reference)
+    assert opened > 0.99 and shut < 0.5  # 1.000 and 0.000 when measured: the perturbed decoder draws nothing
+
+    model.box_prior.gate.bias.data.fill_(1.5)
+    save_mimo(model, processor, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as weights:
+        names = [n for n in weights.keys() if n.startswith("box_prior")]
+    assert sorted(names) == ["box_prior.gate.bias", "box_prior.gate.weight"]
+    loaded, loaded_processor = load_mimo(tmp_path)
+    assert loaded.box_prior is not None
+    for old, new in zip(box_masks(model, processor, geometry, features, turns), box_masks(loaded, loaded_processor, geometry, features, turns)):
+        assert torch.equal(old, new)
+    with pytest.raises(BackendError, match="already has a box prior"):
+        loaded.add_box_prior()
+
+
 # ----- the 7B preset at reduced size ------------------------------------------------------------
 
 

@@ -185,6 +185,27 @@ def test_a_run_can_widen_the_refiner_of_its_starting_checkpoint(workspace, capsy
     assert status == 2 and "dataset_weights names datasets with no training samples: drive" in capsys.readouterr().err
 
 
+def test_a_run_can_add_a_box_prior_and_train_its_gate_alone(workspace):
+    """The box prior's gate learns while every other part stays as the starting checkpoint had it."""
+    from mimo.modeling import load_mimo
+    from mimo.modeling.checkpoint import trained_state_dict
+
+    assert load_mimo(workspace / "tiny")[0].box_prior is None
+    frozen = {"language_model": "frozen", "aligner": False, "visual_prompt_encoder": False, "seg_projection": False,
+              "mask_refiner": False, "mask_decoder": False}
+    status, output = run_config(workspace, "box-prior", steps=4, text_warmup_steps=0, model={"add_box_prior": True}, train=frozen,
+                                optimizer={"lr": 0.05}, sampling={"perspective_weights": {"box_seg": 1.0, "prompt_perception": 1.0}})
+    assert status == 0
+    before = trained_state_dict(load_mimo(workspace / "tiny")[0])
+    model = load_mimo(output / "final")[0]
+    after = trained_state_dict(model)
+    added = set(after) - set(before)  # this small model's random grounding decoder is saved with it
+    assert model.config.segmentation.box_prior and {"box_prior.gate.weight", "box_prior.gate.bias"} <= added
+    assert all(name.startswith("box_prior.") for name in added)
+    assert all(torch.equal(before[name], after[name]) for name in before), "only the gate may move"
+    assert after["box_prior.gate.bias"].item() != -6.0
+
+
 def test_resume_continues_exactly_where_the_interrupted_run_stopped(workspace):
     status, straight = run_config(workspace, "straight", steps=8, save_every=100)
     assert status == 0
@@ -252,6 +273,8 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
         config_from_dict({**base, "sampling": {"perspective_weights": {"textseg": 1}}})
     with pytest.raises(ConfigError, match="widen_refiner_to needs model.init_checkpoint"):
         config_from_dict({**base, "model": {"widen_refiner_to": [16, 32, 32]}})
+    with pytest.raises(ConfigError, match="add_box_prior needs model.init_checkpoint"):
+        config_from_dict({**base, "model": {"add_box_prior": True}})
     with pytest.raises(ConfigError, match="dataset_weights must not be negative"):
         config_from_dict({**base, "sampling": {"dataset_weights": {"drive": -1}}})
     relative = tmp_path / "c.json"

@@ -16,7 +16,9 @@ in the configuration. What is saved, per part:
 * language model: every weight when trained in full or built from scratch; only the LoRA
   adapters and the added tokens' rows (peft's adapter state) when LoRA-trained on a referenced
   base; nothing when frozen on a referenced base;
-* visual-prompt encoder, aligner, ``<SEG>`` projection: always (they exist nowhere else).
+* visual-prompt encoder, aligner, ``<SEG>`` projection, mask refiner, box-prior gate: always
+  (they exist nowhere else); the box prior's pretrained decoder like the grounding weights it
+  copies (referenced, or saved when they are random).
 
 Loading checks every file, the format version, and that the saved tensors are exactly those the
 configuration expects with the expected shapes; any mismatch is an error naming the problem.
@@ -70,6 +72,10 @@ def _saved_modules(model) -> list[tuple[str, nn.Module]]:
     ]
     if model.mask_refiner is not None:
         parts.append(("mask_refiner", model.mask_refiner))
+    if model.box_prior is not None:
+        parts.append(("box_prior.gate", model.box_prior.gate))
+        if not referenced:  # a pretrained decoder the package cannot give back
+            parts.append(("box_prior.mask_decoder", model.box_prior.mask_decoder))
     return parts
 
 

@@ -173,6 +173,9 @@ class SegmentationConfig:
     point through SAM's prompt encoder, whose box embeddings are trained)."""
     scribble_box_expansion: float = 1.6
     """A scribble is drawn inside its target: its bounding box is grown by this factor."""
+    box_prior: bool = False
+    """Mix the pretrained decoder's box-only mask into masks that answer a box or lasso, by a
+    gate learned from the ``<SEG>`` prompt (:mod:`.box_prior`)."""
 
 
 @dataclass

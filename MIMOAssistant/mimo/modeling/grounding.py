@@ -85,8 +85,11 @@ class GroundingModel(nn.Module):
             embedding = embedding + (labels[..., None] == label) * weight
         return embedding
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        """One mask per row: (K, C, h, w) embeddings, (K, N, C) sparse prompts -> (K, m, m) logits."""
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
+        """One mask per row: (K, C, h, w) embeddings, (K, N, C) sparse prompts -> (K, m, m) logits.
+
+        ``mask_decoder``: another decoder of the same architecture to run instead of this
+        model's own (the box prior's pretrained copy)."""
         raise NotImplementedError
 
 
@@ -141,9 +144,9 @@ class LiteMedSamGrounding(GroundingModel):
     def no_mask_embedding(self) -> torch.Tensor:
         return self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
         count, _, height, width = image_embeddings.shape
-        logits, _ = self.mask_decoder(
+        logits, _ = (mask_decoder or self.mask_decoder)(
             image_embeddings=image_embeddings,
             image_pe=self.dense_positional_encoding(),
             sparse_prompt_embeddings=sparse,
@@ -203,9 +206,9 @@ class SamGrounding(GroundingModel):
     def no_mask_embedding(self) -> torch.Tensor:
         return self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
         count, _, height, width = image_embeddings.shape
-        masks, _ = self.mask_decoder(
+        masks, _ = (mask_decoder or self.mask_decoder)(
             image_embeddings=image_embeddings,
             image_positional_embeddings=self.dense_positional_encoding().expand(count, -1, -1, -1),
             sparse_prompt_embeddings=sparse[:, None],

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import BackendError
 from .aligner import MultiModalInputAligner
+from .box_prior import BoxPrior
 from .configuration import MimoConfig
 from .generation import generate_tokens
 from .grounding import build_grounding
@@ -116,6 +117,7 @@ class MimoForConditionalGeneration(nn.Module):
         self.mask_refiner = (
             MaskRefiner(self.grounding.embedding_dim, refiner.size, tuple(refiner.channels)) if refiner.enabled else None
         )
+        self.box_prior = self._new_box_prior() if config.segmentation.box_prior else None
         self._freeze()
 
     @classmethod
@@ -143,6 +145,20 @@ class MimoForConditionalGeneration(nn.Module):
         self.mask_refiner = self.mask_refiner.widened(channels, seed).to(reference.device, reference.dtype)
         self.config.refiner.channels = tuple(self.mask_refiner.channels)
 
+    def _new_box_prior(self) -> BoxPrior:
+        # The grounding model is built again for a decoder with the package's own weights:
+        # this model's decoder may already hold fine-tuned ones.
+        return BoxPrior(build_grounding(self.config.grounding).mask_decoder, self.grounding.embedding_dim)
+
+    def add_box_prior(self) -> None:
+        """Give a trained model a box prior (:mod:`.box_prior`); its gate starts closed, so the
+        masks stay as they were until it learns. The configuration records it for saving."""
+        if self.box_prior is not None:
+            raise BackendError("this MIMO model already has a box prior")
+        reference = next(self.seg_projection.parameters())
+        self.box_prior = self._new_box_prior().to(reference.device, reference.dtype)
+        self.config.segmentation.box_prior = True
+
     def _frozen_modules(self) -> list[nn.Module]:
         grounding = self.config.grounding
         frozen = [
@@ -158,6 +174,8 @@ class MimoForConditionalGeneration(nn.Module):
             frozen.append(self.understanding.vision_model)
         if self.config.language_model.training == "frozen":
             frozen.append(self.language_model)
+        if self.box_prior is not None:
+            frozen.append(self.box_prior.mask_decoder)
         return frozen
 
     def _freeze(self) -> None:
@@ -234,7 +252,8 @@ class MimoForConditionalGeneration(nn.Module):
         return embeddings
 
     def _decode_masks(self, features: ImageFeatures, seg_hidden, seg_batch, seg_rank, region_types, decoder_boxes) -> tuple[torch.Tensor, torch.Tensor]:
-        """(refined, coarse) mask logits, one per ``<SEG>``; the same tensor twice without a refiner."""
+        """(final, coarse) mask logits, one per ``<SEG>``: the decoder's own masks, and those
+        refined and mixed with the box prior (the same tensor twice when the model has neither)."""
         prompts = self.seg_projection(seg_hidden.to(self.dtype))
         coarse = decode_seg_masks(
             self.grounding,
@@ -246,12 +265,16 @@ class MimoForConditionalGeneration(nn.Module):
             decoder_boxes.to(self.device, self.dtype),
             self.config.segmentation.decoder_visual_prompts,
         )
-        if self.mask_refiner is None:
-            return coarse, coarse
-        if features.pixels is None:
-            raise BackendError("this MIMO model refines its masks and needs the refiner's pixels "
-                               "(refine_pixel_values from MimoProcessor.preprocess_image, or ImageFeatures.pixels)")
-        return self.mask_refiner(features.pixels, coarse, seg_batch, prompts.mean(dim=1)), coarse
+        masks = coarse
+        if self.mask_refiner is not None:
+            if features.pixels is None:
+                raise BackendError("this MIMO model refines its masks and needs the refiner's pixels "
+                                   "(refine_pixel_values from MimoProcessor.preprocess_image, or ImageFeatures.pixels)")
+            masks = self.mask_refiner(features.pixels, coarse, seg_batch, prompts.mean(dim=1))
+        if self.box_prior is not None:
+            masks = self.box_prior(self.grounding, features.grounding, masks, prompts, seg_batch, seg_rank,
+                                   region_types.to(self.device), decoder_boxes.to(self.device, self.dtype))
+        return masks, coarse
 
     # ----- training -----------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ class ModelSection:
     widen_refiner_to: list[int] | None = None
     """With ``init_checkpoint``: widen its mask refiner to these three channel sizes (multiples of
     8) before training; the masks it draws stay the same until the new channels learn."""
+    add_box_prior: bool = False
+    """With ``init_checkpoint``: give it a box prior (``mimo.modeling.box_prior``) whose gate
+    starts closed, if it has none."""
     text_model_path: str | None = None
     vision_model_path: str | None = None
     sam_model_path: str | None = None
@@ -83,6 +86,7 @@ PARTS = {
     "visual_prompt_encoder": "visual_prompt_encoder.",
     "seg_projection": "seg_projection.",
     "mask_refiner": "mask_refiner.",
+    "box_prior": "box_prior.gate.",
     "mask_decoder": "grounding.mask_decoder.",
     "prompt_encoder": "grounding.prompt_encoder.",
     "image_encoder": "grounding.image_encoder.",
@@ -116,6 +120,8 @@ class TrainPartsSection:
     seg_projection: bool = True
     mask_refiner: bool = True
     """The high-resolution mask refiner (models that have one)."""
+    box_prior: bool = True
+    """The box prior's gate (models that have one; its pretrained decoder never trains)."""
     mask_decoder: bool | None = None
     prompt_encoder: bool | None = None
     image_encoder: bool | None = None
@@ -254,6 +260,8 @@ class TrainConfig:
         if model.widen_refiner_to is not None and (model.init_checkpoint is None or len(model.widen_refiner_to) != 3):
             raise ConfigError("model.widen_refiner_to needs model.init_checkpoint and three channel sizes, "
                               f"got {model.widen_refiner_to!r}")
+        if model.add_box_prior and model.init_checkpoint is None:
+            raise ConfigError("model.add_box_prior needs model.init_checkpoint (the model the box prior is added to)")
         if model.init_checkpoint is None:
             if model.preset not in ("mimo-tiny", "mimo-7b"):
                 raise ConfigError(f"model.preset {model.preset!r} is not one of mimo-tiny, mimo-7b (or give model.init_checkpoint)")

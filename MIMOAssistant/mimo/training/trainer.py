@@ -86,6 +86,8 @@ def build_model(config: TrainConfig):
         model, processor = load_mimo(config.path(section.init_checkpoint))
         if section.widen_refiner_to is not None:
             model.widen_mask_refiner(tuple(section.widen_refiner_to), seed=section.seed)
+        if section.add_box_prior and model.box_prior is None:
+            model.add_box_prior()
         return model, processor
     if section.preset == "mimo-tiny":
         return create_mimo_tiny(seed=section.seed)
@@ -122,6 +124,8 @@ def configure_parts(model, config: TrainConfig) -> None:
         module = getattr(model, name)
         if module is not None:
             module.requires_grad_(bool(getattr(parts, name)))
+    if model.box_prior is not None:
+        model.box_prior.gate.requires_grad_(bool(parts.box_prior))
     for name in ("lm_weight", "bce_weight", "dice_weight"):
         value = getattr(config.loss, name)
         if value is not None:
