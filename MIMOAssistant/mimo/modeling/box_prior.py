@@ -25,12 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pixel_decoder import BOX_CORNER_LABELS
-from .visual_prompt import REGION_TYPES
+from .pixel_decoder import BOX_CORNER_LABELS, masks_answering_regions
 
 #: The gate's starting bias: sigmoid(-6) = 0.25 %, so a new box prior barely changes any mask.
 CLOSED_GATE_BIAS = -6.0
-MIXED_REGION_TYPES = (REGION_TYPES["box"], REGION_TYPES["lasso"])
 
 
 class BoxPrior(nn.Module):
@@ -59,12 +57,7 @@ class BoxPrior(nn.Module):
         tensors are those of :func:`mimo.modeling.pixel_decoder.decode_seg_masks` (boxes in canvas
         pixels). The pretrained decoder sees the box alone (a lasso: its bounding box), as
         LiteMedSAM does."""
-        chosen = [
-            k
-            for k in range(mask_logits.shape[0])
-            if 0 <= int(seg_region_index[k]) < region_types.shape[1]
-            and int(region_types[seg_batch_index[k], seg_region_index[k]]) in MIXED_REGION_TYPES
-        ]
+        chosen = masks_answering_regions(seg_batch_index, seg_region_index, region_types)
         if not chosen:
             return mask_logits
         index = torch.tensor(chosen, device=mask_logits.device)

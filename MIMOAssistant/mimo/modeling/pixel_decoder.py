@@ -99,6 +99,20 @@ def decode_seg_masks(
     return torch.stack(logits)
 
 
+#: Visual prompts that say how far their structure extends (a point or scribble does not).
+REGION_BOUNDING_TYPES = (REGION_TYPES["box"], REGION_TYPES["lasso"])
+
+
+def masks_answering_regions(seg_batch_index: torch.Tensor, seg_region_index: torch.Tensor, region_types: torch.Tensor) -> list[int]:
+    """Indices of the ``<SEG>`` masks whose visual prompt is a box or a lasso."""
+    return [
+        k
+        for k in range(seg_batch_index.shape[0])
+        if 0 <= int(seg_region_index[k]) < region_types.shape[1]
+        and int(region_types[seg_batch_index[k], seg_region_index[k]]) in REGION_BOUNDING_TYPES
+    ]
+
+
 def confine_to_regions(
     mask_logits: torch.Tensor,
     seg_batch_index: torch.Tensor,
@@ -114,11 +128,8 @@ def confine_to_regions(
     confined = mask_logits.clone()
     size = mask_logits.shape[-1]
     scale = size / canvas_size
-    confining = (REGION_TYPES["box"], REGION_TYPES["lasso"])
-    for k in range(mask_logits.shape[0]):
+    for k in masks_answering_regions(seg_batch_index, seg_region_index, region_types):
         b, r = int(seg_batch_index[k]), int(seg_region_index[k])
-        if not (0 <= r < region_types.shape[1]) or int(region_types[b, r]) not in confining:
-            continue
         x0, y0, x1, y1 = (float(v) * scale for v in decoder_boxes[b, r])
         reach_x, reach_y = REGION_REACH * (x1 - x0) + 1, REGION_REACH * (y1 - y0) + 1
         left, top = max(int(x0 - reach_x), 0), max(int(y0 - reach_y), 0)
