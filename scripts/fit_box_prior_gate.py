@@ -77,6 +77,8 @@ def expert_outcomes(predictor, comparisons):
                 print(f"{number}/{len(comparisons)} turns", flush=True)
     finally:
         hook.remove()
+    if not vectors:
+        raise SystemExit("no box turn was answered with exactly one mask: nothing to fit the gate on")
     return torch.stack(vectors), np.array(mimo_dice), np.array(prior_dice), datasets
 
 
