@@ -45,8 +45,8 @@ def expert_outcomes(predictor, comparisons):
 
     The answers are generated, as in real use, not teacher-forced: the ``<SEG>`` state after
     "The polyp is outlined." is not the one after ``<p>polyp</p><SEG>``, and a gate fitted on
-    the latter does not open on the former. The prompt vector is read from the box prior's own
-    input by a forward hook while the model answers."""
+    the latter does not open on the former. The gate's input is read from the box prior's own
+    arguments by a forward hook while the model answers."""
     model = predictor.model
     prior = model.box_prior
     prior.gate.weight.data.zero_()  # forced shut or open below, whatever it was
@@ -55,7 +55,7 @@ def expert_outcomes(predictor, comparisons):
     def capture(module, args, output):
         _, _, _, seg_prompts, seg_batch_index, seg_region_index, region_types, _ = args
         chosen = masks_answering_regions(seg_batch_index, seg_region_index, region_types)
-        captured.extend(seg_prompts[chosen].mean(dim=1).float())
+        captured.extend(module.gate_inputs(seg_prompts[chosen]).float())
 
     hook = prior.register_forward_hook(capture)
     vectors, mimo_dice, prior_dice, datasets = [], [], [], []

@@ -73,6 +73,10 @@ class BoxPrior(nn.Module):
         mixed = (1 - gate) * mask_logits[index] + gate * prior.to(mask_logits.dtype)
         return mask_logits.index_put((index,), mixed.to(mask_logits.dtype))
 
+    def gate_inputs(self, seg_prompts: torch.Tensor) -> torch.Tensor:
+        """(K, C) what the gate reads from the (K, T, C) ``<SEG>`` prompts (their mean token)."""
+        return seg_prompts.mean(dim=1).to(self.gate.weight.dtype)
+
     def gate_values(self, seg_prompts: torch.Tensor) -> torch.Tensor:
         """(K,) how much of each mask the pretrained box segmenter would draw."""
-        return torch.sigmoid(self.gate(seg_prompts.mean(dim=1).to(self.gate.weight.dtype)))[:, 0]
+        return torch.sigmoid(self.gate(self.gate_inputs(seg_prompts)))[:, 0]
