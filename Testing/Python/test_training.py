@@ -277,6 +277,8 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
         config_from_dict({**base, "model": {"add_box_prior": True}})
     with pytest.raises(ConfigError, match="dataset_weights must not be negative"):
         config_from_dict({**base, "sampling": {"dataset_weights": {"drive": -1}}})
+    with pytest.raises(ConfigError, match=r"dataset_max_images must be whole numbers of at least 1: \{'busi': 0\}"):
+        config_from_dict({**base, "sampling": {"dataset_max_images": {"busi": 0, "drive": 3}}})
     relative = tmp_path / "c.json"
     relative.write_text(json.dumps({**base, "data": "sub/data"}))
     assert load_config(relative, {"optimizer.lr": 0.5}).data_path == tmp_path / "sub" / "data"
@@ -319,6 +321,11 @@ def test_manifest_samples_mix_every_perspective_with_true_negatives():
     assert {e.perspective for e in train} == {"text_seg", "box_seg", "prompt_perception", "negative", "vqa"}
     assert len({e.dataset for e in train}) == 10 and all(len({e.image for e in train if e.dataset == d}) <= 2 for d in {e.dataset for e in train})
     assert not {e.image for e in train} & {e.image for e in test}
+    # A dataset's own cap replaces the common one; its first images stay those of the smaller cap.
+    wider = load_examples(manifest, "train", max_images_per_dataset=2, dataset_max_images={"busi": 5})
+    images_of = lambda examples, d: {e.image for e in examples if e.dataset == d}  # noqa: E731
+    assert len(images_of(wider, "busi")) == 5 and images_of(train, "busi") < images_of(wider, "busi")
+    assert images_of(wider, "hc18") == images_of(train, "hc18")
     records = {r["id"]: r for r in map(json.loads, manifest.read_text().splitlines())}
     targets_of_dataset = {}
     for record in records.values():

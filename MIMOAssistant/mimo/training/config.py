@@ -155,6 +155,9 @@ class SamplingSection:
     """Only these datasets (default: all)."""
     max_images_per_dataset: int | None = None
     """Cap on distinct images per dataset (encoding each image is the CPU bottleneck)."""
+    dataset_max_images: dict[str, int] = field(default_factory=dict)
+    """Caps for named datasets in place of max_images_per_dataset, e.g. {"busi": 300}: more
+    images of the targets a model generalises worst on, without encoding more of every dataset."""
     prefer_cached_images: bool = True
     """Under max_images_per_dataset, take images already in the feature cache first."""
     max_samples_per_dataset: int | None = None
@@ -287,6 +290,9 @@ class TrainConfig:
             raise ConfigError("sampling.perspective_weights must not be negative")
         if any(w < 0 for w in self.sampling.dataset_weights.values()):
             raise ConfigError(f"sampling.dataset_weights must not be negative: {self.sampling.dataset_weights}")
+        small = {k: v for k, v in self.sampling.dataset_max_images.items() if not isinstance(v, int) or v < 1}
+        if small:
+            raise ConfigError(f"sampling.dataset_max_images must be whole numbers of at least 1: {small}")
         if not 0.0 <= self.sampling.dataset_balance <= 1.0:
             raise ConfigError(f"sampling.dataset_balance {self.sampling.dataset_balance} is not between 0 and 1")
         for name in ("hflip", "vflip"):

@@ -32,7 +32,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,20 +428,27 @@ def manifest_examples(
 # ----- selection -----------------------------------------------------------------------------
 
 
-def cap_images_per_dataset(examples: Iterable[Example], limit: int | None, seed: int = 0, prefer=None) -> list[Example]:
-    """Keep the examples of at most ``limit`` images per dataset (a seeded, stable choice;
-    images for which ``prefer(path)`` is true first, e.g. those already in the feature cache)."""
+def dataset_image_limit(dataset: str, limit: int | None, overrides: Mapping[str, int] | None) -> int | None:
+    """The cap on one dataset's images: its own entry in ``overrides``, else ``limit``."""
+    return (overrides or {}).get(dataset, limit)
+
+
+def cap_images_per_dataset(examples: Iterable[Example], limit: int | None, seed: int = 0, prefer=None,
+                           overrides: Mapping[str, int] | None = None) -> list[Example]:
+    """Keep the examples of at most ``limit`` images per dataset (``overrides``: other caps for
+    named datasets), a seeded, stable choice; images for which ``prefer(path)`` is true first,
+    e.g. those already in the feature cache."""
     examples = list(examples)
-    if limit is None:
+    if limit is None and not overrides:
         return examples
     images: dict[str, list[str]] = defaultdict(list)
     for example in examples:
         if example.image not in images[example.dataset]:
             images[example.dataset].append(example.image)
     kept = set()
-    for paths in images.values():
+    for dataset, paths in images.items():
         ordered = sorted(paths, key=lambda p: (prefer is not None and not prefer(p), _stable_hash(f"{seed}/{p}")))
-        kept.update(ordered[:limit])
+        kept.update(ordered[:dataset_image_limit(dataset, limit, overrides)])
     return [e for e in examples if e.image in kept]
 
 
@@ -461,25 +468,26 @@ def is_manifest(path: Path) -> bool:
     return path.is_file() and path.suffix == ".jsonl" and path.name != "samples.jsonl"
 
 
-def _capped_manifest_examples(path: Path, split, datasets, limit, seed, prefer=None) -> list[Example]:
+def _capped_manifest_examples(path: Path, split, datasets, limit, seed, prefer=None, overrides=None) -> list[Example]:
     """Filter and cap the records before building samples (building reads every mask)."""
     records = read_manifest(path)
     if split not in (None, "all"):
         records = [r for r in records if (r.get("split") or manifest_split(r["id"])) == split]
     if datasets:
         records = [r for r in records if r.get("dataset") in set(datasets)]
-    if limit is not None:
+    capped = limit is not None or bool(overrides)
+    if capped:
         by_dataset: dict[str, list[dict]] = defaultdict(list)
         for record in records:
             by_dataset[record["dataset"]].append(record)
         kept = set()
-        for members in by_dataset.values():
+        for dataset, members in by_dataset.items():
             images = {r["id"]: str((path.parent / r["image"]).resolve()) for r in members}
             ordered = sorted(members, key=lambda r: (prefer is not None and not prefer(images[r["id"]]), _stable_hash(f"{seed}/{images[r['id']]}")))
-            kept.update(r["id"] for r in ordered[:limit])
+            kept.update(r["id"] for r in ordered[:dataset_image_limit(dataset, limit, overrides)])
         records = [r for r in records if r["id"] in kept]
     # Negatives are chosen from every target of the manifest, not only the kept records'.
-    return manifest_examples(records, path.parent, None, vocabulary=read_manifest(path) if limit or datasets or split else None)
+    return manifest_examples(records, path.parent, None, vocabulary=read_manifest(path) if capped or datasets or split else None)
 
 
 def load_examples(
@@ -489,10 +497,12 @@ def load_examples(
     max_images_per_dataset: int | None = None,
     seed: int = 0,
     prefer=None,
+    dataset_max_images: Mapping[str, int] | None = None,
 ) -> list[Example]:
     """Examples of a data-builder folder or a manifest, filtered and capped.
 
     ``prefer(image_path) -> bool``: images kept first under the cap (already encoded ones).
+    ``dataset_max_images``: caps for named datasets, in place of ``max_images_per_dataset``.
     """
     path = Path(data)
     if not path.exists():
@@ -500,16 +510,17 @@ def load_examples(
     if path.is_dir() and (path / "samples.jsonl").is_file():
         examples = load_folder(path, split)
     elif path.is_dir() and (path / "manifest.jsonl").is_file():
-        examples = _capped_manifest_examples(path / "manifest.jsonl", split, datasets, max_images_per_dataset, seed, prefer)
+        examples = _capped_manifest_examples(path / "manifest.jsonl", split, datasets, max_images_per_dataset, seed, prefer,
+                                             dataset_max_images)
     elif path.is_file() and path.name == "samples.jsonl":
         examples = load_folder(path.parent, split)
     elif is_manifest(path):
-        examples = _capped_manifest_examples(path, split, datasets, max_images_per_dataset, seed, prefer)
+        examples = _capped_manifest_examples(path, split, datasets, max_images_per_dataset, seed, prefer, dataset_max_images)
     else:
         raise DataError(f"{path} is neither a data-builder folder (samples.jsonl) nor a manifest (.jsonl)")
     if datasets:
         examples = [e for e in examples if e.dataset in set(datasets)]
-    return cap_images_per_dataset(examples, max_images_per_dataset, seed, prefer)
+    return cap_images_per_dataset(examples, max_images_per_dataset, seed, prefer, dataset_max_images)
 
 
 def box_seg_variants(examples: Sequence[Example], box_margin: float = 3.0) -> list[Example]:

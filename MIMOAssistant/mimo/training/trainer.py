@@ -188,7 +188,7 @@ def training_examples(config: TrainConfig, cache: FeatureCache | None = None, ch
     prefer = None
     if chosen is not None:
         prefer = chosen.__contains__
-    elif cache is not None and cache.enabled and sampling.prefer_cached_images and sampling.max_images_per_dataset:
+    elif cache is not None and cache.enabled and sampling.prefer_cached_images and (sampling.max_images_per_dataset or sampling.dataset_max_images):
         from .features import ImageRef
 
         def prefer(path: str) -> bool:
@@ -197,14 +197,16 @@ def training_examples(config: TrainConfig, cache: FeatureCache | None = None, ch
             except (OSError, ValueError):
                 return False
 
-    train = load_examples(data, sampling.train_split, sampling.datasets, sampling.max_images_per_dataset, config.seed, prefer)
+    train = load_examples(data, sampling.train_split, sampling.datasets, sampling.max_images_per_dataset, config.seed, prefer,
+                          sampling.dataset_max_images)
     if sampling.perspective_weights.get("box_seg", 0) > 0 and not any(e.perspective == "box_seg" for e in train):
         train = train + box_seg_variants(train)
     train = cap_per_key(train, lambda e: e.dataset, sampling.max_samples_per_dataset, config.seed)
     train = cap_per_key(train, lambda e: e.perspective, sampling.max_samples_per_perspective, config.seed)
     val: list[Example] = []
     if sampling.val_samples > 0 and config.eval_every:
-        val = load_examples(data, sampling.val_split, sampling.datasets, sampling.max_images_per_dataset, config.seed)
+        val = load_examples(data, sampling.val_split, sampling.datasets, sampling.max_images_per_dataset, config.seed,
+                            dataset_max_images=sampling.dataset_max_images)
         val = validation_subset([e for e in val if e.answer is not None], sampling.val_samples, config.seed)
     if not train:
         raise TrainingError(f"no training samples in {data} (split {sampling.train_split!r}, datasets {sampling.datasets})")
