@@ -287,6 +287,18 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
     assert load_config(relative, {"optimizer.lr": 0.5}).optimizer.lr == 0.5
 
 
+def test_the_shipped_checkpoints_stage_configurations_still_load():
+    """Docs/mimo-tiny-training holds the configuration of every stage that made the shipped
+    checkpoint: a schema change that breaks one breaks the recipe."""
+    stages = sorted((REPO / "Docs" / "mimo-tiny-training").glob("*.json"))
+    assert len(stages) >= 10
+    for path in stages:
+        config = load_config(path)
+        assert config.steps and config.output_dir.startswith("runs/"), path.name
+    stage_4e = load_config(stages[0].parent / "phaseG1.json")
+    assert stage_4e.sampling.dataset_max_images == {"busi": 300, "kvasir_seg": 240, "cvc_clinicdb": 240}
+
+
 # ----- augmentations ------------------------------------------------------------------------
 
 
