@@ -1,8 +1,7 @@
 """Augmentations that keep a sample true: box jitter, mirroring where anatomy allows, rephrasing.
 
 * **Box jitter**: users never draw the tight box of a reference mask; each side of a box
-  prompt moves out by up to ``box_jitter`` times the box's width or height and in by up to
-  ``box_jitter_inward`` times it (clipped to the image).
+  prompt moves by up to ``box_jitter`` times the box's width or height (clipped to the image).
 * **Mirroring**: only images of modalities without a canonical side (endoscopy, ultrasound,
   microscopy, ...; configurable) and never a sample whose targets or text carry a laterality
   ("left kidney", "right lung"): mirroring would make its answer false. Chest X-rays, CT and MR
@@ -74,19 +73,16 @@ def flip_prompt(prompt: Prompt, flip: str, shape: tuple[int, int]) -> Prompt:
     return LassoPrompt(vertices)
 
 
-def jitter_box(box: BoxPrompt, fraction: float, shape: tuple[int, int], rng: random.Random,
-               inward: float | None = None) -> BoxPrompt:
-    """Each side moves out by up to ``fraction`` of the box size and in by up to ``inward``
-    (default: ``fraction``); the result stays a valid box."""
-    inward = fraction if inward is None else inward
-    if fraction <= 0 and inward <= 0:
+def jitter_box(box: BoxPrompt, fraction: float, shape: tuple[int, int], rng: random.Random) -> BoxPrompt:
+    """Each side moves by up to ``fraction`` of the box size; the result stays a valid box."""
+    if fraction <= 0:
         return box
     rows, cols = shape
     width, height = box.x1 - box.x0, box.y1 - box.y0
-    x0 = box.x0 + rng.uniform(-fraction, inward) * width
-    x1 = box.x1 + rng.uniform(-inward, fraction) * width
-    y0 = box.y0 + rng.uniform(-fraction, inward) * height
-    y1 = box.y1 + rng.uniform(-inward, fraction) * height
+    x0 = box.x0 + rng.uniform(-fraction, fraction) * width
+    x1 = box.x1 + rng.uniform(-fraction, fraction) * width
+    y0 = box.y0 + rng.uniform(-fraction, fraction) * height
+    y1 = box.y1 + rng.uniform(-fraction, fraction) * height
     x0, x1 = min(max(x0, 0.0), cols - 2.0), min(max(x1, 0.0), cols - 1.0)
     y0, y1 = min(max(y0, 0.0), rows - 2.0), min(max(y1, 0.0), rows - 1.0)
     if x1 - x0 < 1:
@@ -101,8 +97,7 @@ def augment_example(example: Example, augment: AugmentSection, shape: tuple[int,
     if augment.rephrase:
         example = rephrased(example, rng)
     flip = choose_flip(example, augment, rng)
-    prompts = [jitter_box(p, augment.box_jitter, shape, rng, augment.box_jitter_inward) if isinstance(p, BoxPrompt) else p
-               for p in example.prompts]
+    prompts = [jitter_box(p, augment.box_jitter, shape, rng) if isinstance(p, BoxPrompt) else p for p in example.prompts]
     if flip:
         prompts = [flip_prompt(p, flip, shape) for p in prompts]
     return dataclasses.replace(example, prompts=prompts), flip

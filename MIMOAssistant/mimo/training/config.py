@@ -176,10 +176,7 @@ class SamplingSection:
 @dataclass
 class AugmentSection:
     box_jitter: float = 0.1
-    """Each box side moves out by up to this fraction of the box size."""
-    box_jitter_inward: float | None = None
-    """How far a side may move in, as a fraction of the box size (default: box_jitter). A user's
-    box rarely cuts into the structure; boxes that do teach the decoder to distrust the box's edges."""
+    """Each box side moves by up to this fraction of the box size."""
     hflip: float = 0.0
     """Probability of a left-right mirror (only modalities in flip_modalities, never targets with a side)."""
     vflip: float = 0.0
@@ -303,8 +300,6 @@ class TrainConfig:
                 raise ConfigError(f"augment.{name} is a probability in [0, 1]")
         if not 0 <= self.augment.box_jitter < 1:
             raise ConfigError("augment.box_jitter must be in [0, 1)")
-        if self.augment.box_jitter_inward is not None and not 0 <= self.augment.box_jitter_inward < 0.5:
-            raise ConfigError("augment.box_jitter_inward must be in [0, 0.5) (or null: as box_jitter)")
         if self.train.image_encoder and self.features.cache:
             raise ConfigError("train.image_encoder needs features.cache false: a trained encoder's features cannot be cached")
 
