@@ -183,6 +183,8 @@ def test_a_run_can_widen_the_refiner_of_its_starting_checkpoint(workspace, capsy
     assert model.mask_refiner.fuse1[0].weight.shape == (24, 32 + 24 + 1, 3, 3)
     status, _ = run_config(workspace, "misweighted", steps=1, sampling={"dataset_weights": {"drive": 2.0}})
     assert status == 2 and "dataset_weights names datasets with no training samples: drive" in capsys.readouterr().err
+    status, _ = run_config(workspace, "miscapped", steps=1, sampling={"dataset_max_images": {"kvasir": 200}})
+    assert status == 2 and "dataset_max_images names datasets with no training samples: kvasir" in capsys.readouterr().err
 
 
 def test_a_run_can_add_a_box_prior_and_train_its_gate_alone(workspace):

@@ -389,9 +389,10 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
     if not main or resuming:
         chosen = set(json.loads(selection.read_text())) if selection.is_file() else None
         train_examples, val_examples = training_examples(config, cache, chosen)
-    unknown = sorted(set(config.sampling.dataset_weights) - {e.dataset for e in train_examples})
-    if unknown:
-        raise ConfigError(f"sampling.dataset_weights names datasets with no training samples: {', '.join(unknown)}")
+    for name in ("dataset_weights", "dataset_max_images"):
+        unknown = sorted(set(getattr(config.sampling, name)) - {e.dataset for e in train_examples})
+        if unknown:
+            raise ConfigError(f"sampling.{name} names datasets with no training samples: {', '.join(unknown)}")
     builder = BatchBuilder(train_examples, processor, cache, config.batch_size, config.sampling.perspective_weights, config.augment,
                            config.seed, accelerator.process_index, config.sampling.dataset_balance,
                            config.sampling.dataset_weights)
