@@ -428,9 +428,15 @@ def manifest_examples(
 # ----- selection -----------------------------------------------------------------------------
 
 
-def dataset_image_limit(dataset: str, limit: int | None, overrides: Mapping[str, int] | None) -> int | None:
-    """The cap on one dataset's images: its own entry in ``overrides``, else ``limit``."""
-    return (overrides or {}).get(dataset, limit)
+def _kept_images(paths_by_dataset: Mapping[str, Iterable[str]], limit: int | None, seed: int, prefer,
+                 overrides: Mapping[str, int] | None) -> set[str]:
+    """At most ``limit`` image paths per dataset (``overrides``: other caps for named datasets),
+    a seeded, stable choice; paths for which ``prefer(path)`` is true first."""
+    kept = set()
+    for dataset, paths in paths_by_dataset.items():
+        ordered = sorted(paths, key=lambda p: (prefer is not None and not prefer(p), _stable_hash(f"{seed}/{p}")))
+        kept.update(ordered[:(overrides or {}).get(dataset, limit)])
+    return kept
 
 
 def cap_images_per_dataset(examples: Iterable[Example], limit: int | None, seed: int = 0, prefer=None,
@@ -441,14 +447,10 @@ def cap_images_per_dataset(examples: Iterable[Example], limit: int | None, seed:
     examples = list(examples)
     if limit is None and not overrides:
         return examples
-    images: dict[str, list[str]] = defaultdict(list)
+    images: dict[str, set[str]] = defaultdict(set)
     for example in examples:
-        if example.image not in images[example.dataset]:
-            images[example.dataset].append(example.image)
-    kept = set()
-    for dataset, paths in images.items():
-        ordered = sorted(paths, key=lambda p: (prefer is not None and not prefer(p), _stable_hash(f"{seed}/{p}")))
-        kept.update(ordered[:dataset_image_limit(dataset, limit, overrides)])
+        images[example.dataset].add(example.image)
+    kept = _kept_images(images, limit, seed, prefer, overrides)
     return [e for e in examples if e.image in kept]
 
 
@@ -477,15 +479,12 @@ def _capped_manifest_examples(path: Path, split, datasets, limit, seed, prefer=N
         records = [r for r in records if r.get("dataset") in set(datasets)]
     capped = limit is not None or bool(overrides)
     if capped:
-        by_dataset: dict[str, list[dict]] = defaultdict(list)
+        image_of = {r["id"]: str((path.parent / r["image"]).resolve()) for r in records}
+        images: dict[str, set[str]] = defaultdict(set)
         for record in records:
-            by_dataset[record["dataset"]].append(record)
-        kept = set()
-        for dataset, members in by_dataset.items():
-            images = {r["id"]: str((path.parent / r["image"]).resolve()) for r in members}
-            ordered = sorted(members, key=lambda r: (prefer is not None and not prefer(images[r["id"]]), _stable_hash(f"{seed}/{images[r['id']]}")))
-            kept.update(r["id"] for r in ordered[:dataset_image_limit(dataset, limit, overrides)])
-        records = [r for r in records if r["id"] in kept]
+            images[record["dataset"]].add(image_of[record["id"]])
+        kept = _kept_images(images, limit, seed, prefer, overrides)
+        records = [r for r in records if image_of[r["id"]] in kept]
     # Negatives are chosen from every target of the manifest, not only the kept records'.
     return manifest_examples(records, path.parent, None, vocabulary=read_manifest(path) if capped or datasets or split else None)
 
