@@ -281,6 +281,8 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
         config_from_dict({**base, "sampling": {"dataset_weights": {"drive": -1}}})
     with pytest.raises(ConfigError, match=r"dataset_max_images must be whole numbers of at least 1: \{'busi': 0\}"):
         config_from_dict({**base, "sampling": {"dataset_max_images": {"busi": 0, "drive": 3}}})
+    with pytest.raises(ConfigError, match=r"dataset_max_images must be whole numbers of at least 1: \{'busi': True\}"):
+        config_from_dict({**base, "sampling": {"dataset_max_images": {"busi": True}}})
     relative = tmp_path / "c.json"
     relative.write_text(json.dumps({**base, "data": "sub/data"}))
     assert load_config(relative, {"optimizer.lr": 0.5}).data_path == tmp_path / "sub" / "data"

@@ -290,7 +290,7 @@ class TrainConfig:
             raise ConfigError("sampling.perspective_weights must not be negative")
         if any(w < 0 for w in self.sampling.dataset_weights.values()):
             raise ConfigError(f"sampling.dataset_weights must not be negative: {self.sampling.dataset_weights}")
-        small = {k: v for k, v in self.sampling.dataset_max_images.items() if not isinstance(v, int) or v < 1}
+        small = {k: v for k, v in self.sampling.dataset_max_images.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if small:
             raise ConfigError(f"sampling.dataset_max_images must be whole numbers of at least 1: {small}")
         if not 0.0 <= self.sampling.dataset_balance <= 1.0:
