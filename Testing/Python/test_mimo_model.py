@@ -439,6 +439,59 @@ def test_box_prior_starts_closed_opens_to_litemedsam_and_is_saved_without_copyin
         loaded.add_box_prior()
 
 
+def test_box_decoder_blend_draws_box_answers_with_blended_weights_and_leaves_other_masks_alone(tokenizer, tmp_path):
+    """With ``segmentation.box_decoder_weight`` w, masks answering a box or lasso are decoded with
+    w x the fine-tuned decoder's weights + (1 - w) x the package's pretrained ones: w = 0 draws
+    exactly what the model drew before fine-tuning moved its decoder, w = 1 is the fine-tuned
+    decoder; point and text-only masks never change; the pretrained copy is never saved."""
+    from safetensors import safe_open
+
+    model, processor = create_mimo_tiny(tokenizer=tokenizer)
+    image, disk = disk_image(96, 128)
+    geometry, features = encode(model, processor, image)
+    turns = [("Segment the liver.", [BoxPrompt(*box_around(disk))]),
+             ("Segment the liver.", [LassoPrompt(((30, 15), (90, 14), (92, 80), (28, 82)))]),
+             ("Segment the liver.", [PointPrompt(50, 43)]), ("Segment the liver.", [])]
+    pretrained = box_masks(model, processor, geometry, features, turns)
+    with torch.no_grad():  # as fine-tuning would, move the model's own decoder away from LiteMedSAM's
+        for parameter in model.grounding.mask_decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    fine_tuned = box_masks(model, processor, geometry, features, turns)
+    assert not any(torch.allclose(a, b, atol=0.1) for a, b in zip(pretrained, fine_tuned))
+    save_mimo(model, processor, tmp_path)
+
+    def load_with_weight(weight):
+        config = json.loads((tmp_path / "config.json").read_text())
+        config["segmentation"]["box_decoder_weight"] = weight
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return load_mimo(tmp_path)
+
+    loaded, loaded_processor = load_with_weight(0.0)
+    blended = box_masks(loaded, loaded_processor, geometry, features, turns)
+    for before, now in zip(pretrained[:2], blended[:2]):  # box and lasso: the pretrained decoder
+        assert torch.allclose(before, now, atol=1e-4)
+    assert torch.equal(fine_tuned[2], blended[2]) and torch.equal(fine_tuned[3], blended[3])
+    assert not any(p.requires_grad for p in loaded.box_decoder.pretrained.parameters())
+
+    loaded, loaded_processor = load_with_weight(0.25)
+    state = loaded.box_decoder.blended_state(loaded.grounding.mask_decoder)
+    name, tuned = next(loaded.grounding.mask_decoder.named_parameters())
+    original = dict(loaded.box_decoder.pretrained.named_parameters())[name]
+    assert torch.allclose(state[name], 0.25 * tuned + 0.75 * original)
+    save_mimo(loaded, loaded_processor, tmp_path / "again")
+    with safe_open(str(tmp_path / "again" / "model.safetensors"), "pt") as weights:
+        assert not [n for n in weights.keys() if n.startswith("box_decoder")]
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["segmentation"]["box_decoder_weight"] == 0.25
+
+    loaded, loaded_processor = load_with_weight(1.0)
+    assert loaded.box_decoder is None
+    for before, now in zip(fine_tuned, box_masks(loaded, loaded_processor, geometry, features, turns)):
+        assert torch.equal(before, now)
+    for wrong in (1.5, -0.1, True, "half"):
+        with pytest.raises(BackendError, match="box_decoder_weight"):
+            load_with_weight(wrong)
+
+
 # ----- the 7B preset at reduced size ------------------------------------------------------------
 
 

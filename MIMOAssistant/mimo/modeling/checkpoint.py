@@ -18,7 +18,8 @@ in the configuration. What is saved, per part:
   base; nothing when frozen on a referenced base;
 * visual-prompt encoder, aligner, ``<SEG>`` projection, mask refiner, box-prior gate: always
   (they exist nowhere else); the box prior's pretrained decoder like the grounding weights it
-  copies (referenced, or saved when they are random).
+  copies (referenced, or saved when they are random), and so the box decoder's pretrained
+  decoder.
 
 Loading checks every file, the format version, and that the saved tensors are exactly those the
 configuration expects with the expected shapes; any mismatch is an error naming the problem.
@@ -76,6 +77,8 @@ def _saved_modules(model) -> list[tuple[str, nn.Module]]:
         parts.append(("box_prior.gate", model.box_prior.gate))
         if not referenced:  # a pretrained decoder the package cannot give back
             parts.append(("box_prior.mask_decoder", model.box_prior.mask_decoder))
+    if model.box_decoder is not None and not referenced:
+        parts.append(("box_decoder.pretrained", model.box_decoder.pretrained))
     return parts
 
 

@@ -176,6 +176,15 @@ class SegmentationConfig:
     box_prior: bool = False
     """Mix the pretrained decoder's box-only mask into masks that answer a box or lasso, by a
     gate learned from the ``<SEG>`` prompt (:mod:`.box_prior`)."""
+    box_decoder_weight: float = 1.0
+    """Masks answering a box or lasso are decoded with this share of the fine-tuned decoder's
+    weights and the rest from the pretrained decoder's (:mod:`.box_decoder`); 1.0: the fine-tuned
+    decoder alone, as for every other mask."""
+
+    def validate(self) -> None:
+        weight = self.box_decoder_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise BackendError(f"segmentation.box_decoder_weight {weight!r} must be a number from 0 to 1 (1: the fine-tuned decoder alone)")
 
 
 @dataclass
@@ -224,6 +233,7 @@ class MimoConfig:
         self.understanding.validate()
         self.language_model.validate()
         self.refiner.validate()
+        self.segmentation.validate()
         if math.isqrt(self.aligner.num_queries) ** 2 != self.aligner.num_queries:
             raise BackendError(f"aligner num_queries {self.aligner.num_queries} is not a square number (each query carries one cell of a square image grid)")
         if self.aligner.hidden_size % self.aligner.num_heads:

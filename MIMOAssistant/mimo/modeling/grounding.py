@@ -19,6 +19,7 @@ box, -1 "not a point" (padding). Coordinates are pixels of the square input canv
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -85,11 +86,12 @@ class GroundingModel(nn.Module):
             embedding = embedding + (labels[..., None] == label) * weight
         return embedding
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: Callable | None = None) -> torch.Tensor:
         """One mask per row: (K, C, h, w) embeddings, (K, N, C) sparse prompts -> (K, m, m) logits.
 
         ``mask_decoder``: another decoder of the same architecture to run instead of this
-        model's own (the box prior's pretrained copy)."""
+        model's own, called with keyword arguments only (the box prior's pretrained copy, the
+        box decoder's blend)."""
         raise NotImplementedError
 
 
@@ -144,7 +146,7 @@ class LiteMedSamGrounding(GroundingModel):
     def no_mask_embedding(self) -> torch.Tensor:
         return self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: Callable | None = None) -> torch.Tensor:
         count, _, height, width = image_embeddings.shape
         logits, _ = (mask_decoder or self.mask_decoder)(
             image_embeddings=image_embeddings,
@@ -206,7 +208,7 @@ class SamGrounding(GroundingModel):
     def no_mask_embedding(self) -> torch.Tensor:
         return self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: nn.Module | None = None) -> torch.Tensor:
+    def decode(self, image_embeddings: torch.Tensor, sparse: torch.Tensor, mask_decoder: Callable | None = None) -> torch.Tensor:
         count, _, height, width = image_embeddings.shape
         masks, _ = (mask_decoder or self.mask_decoder)(
             image_embeddings=image_embeddings,

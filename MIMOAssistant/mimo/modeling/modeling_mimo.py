@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import BackendError
 from .aligner import MultiModalInputAligner
+from .box_decoder import BoxDecoderBlend
 from .box_prior import BoxPrior
 from .configuration import MimoConfig
 from .generation import generate_tokens
@@ -118,6 +119,9 @@ class MimoForConditionalGeneration(nn.Module):
             MaskRefiner(self.grounding.embedding_dim, refiner.size, tuple(refiner.channels)) if refiner.enabled else None
         )
         self.box_prior = self._new_box_prior() if config.segmentation.box_prior else None
+        blend = config.segmentation.box_decoder_weight
+        # The grounding model is built again for the package's own decoder weights (as for the box prior).
+        self.box_decoder = BoxDecoderBlend(build_grounding(config.grounding).mask_decoder, blend) if blend < 1 else None
         self._freeze()
 
     @classmethod
@@ -176,6 +180,8 @@ class MimoForConditionalGeneration(nn.Module):
             frozen.append(self.language_model)
         if self.box_prior is not None:
             frozen.append(self.box_prior.mask_decoder)
+        if self.box_decoder is not None:
+            frozen.append(self.box_decoder.pretrained)
         return frozen
 
     def _freeze(self) -> None:
@@ -264,6 +270,7 @@ class MimoForConditionalGeneration(nn.Module):
             region_types.to(self.device),
             decoder_boxes.to(self.device, self.dtype),
             self.config.segmentation.decoder_visual_prompts,
+            self.box_decoder.decoder(self.grounding.mask_decoder) if self.box_decoder is not None else None,
         )
         masks = coarse
         if self.mask_refiner is not None:

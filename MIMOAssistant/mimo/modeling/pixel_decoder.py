@@ -64,12 +64,15 @@ def decode_seg_masks(
     region_types: torch.Tensor,
     decoder_boxes: torch.Tensor,
     use_visual_prompts: bool,
+    box_mask_decoder=None,
 ) -> torch.Tensor:
     """Mask logits (K, m, m), one per ``<SEG>``.
 
     ``seg_prompts`` (K, T, C) are the projected ``<SEG>`` states; ``seg_batch_index`` (K,) the
     sample of each; ``seg_region_index`` (K,) which of the sample's visual prompts goes with it
     (-1 or out of range: none). ``region_types`` (B, R) and ``decoder_boxes`` (B, R, 4).
+    ``box_mask_decoder``: a callable with the mask decoder's signature for the masks whose
+    visual prompt is a box or a lasso (:mod:`.box_decoder`); the grounding model's own otherwise.
     """
     count = seg_prompts.shape[0]
     if count == 0:
@@ -82,18 +85,20 @@ def decode_seg_masks(
             extras.append(decoder_prompt(int(region_types[b, r]), decoder_boxes[b, r]))
         else:
             extras.append(None)
-    groups: dict[int, list[int]] = {}
+    by_box_decoder = set(masks_answering_regions(seg_batch_index, seg_region_index, region_types)) if use_visual_prompts and box_mask_decoder else set()
+    groups: dict[tuple[int, bool], list[int]] = {}
     for k, extra in enumerate(extras):
-        groups.setdefault(0 if extra is None else len(extra[1]), []).append(k)
+        groups.setdefault((0 if extra is None else len(extra[1]), k in by_box_decoder), []).append(k)
     logits: list[torch.Tensor | None] = [None] * count
-    for length, members in groups.items():
+    for (length, box_decoded), members in groups.items():
         index = torch.tensor(members, device=seg_prompts.device)
         sparse = seg_prompts[index]
         if length:
             coords = torch.stack([extras[k][0] for k in members])
             labels = torch.stack([extras[k][1] for k in members])
             sparse = torch.cat([sparse, grounding.embed_points(coords, labels).to(sparse.dtype)], dim=1)
-        group_logits = grounding.decode(image_embeddings[seg_batch_index[index]], sparse)
+        decoder = box_mask_decoder if box_decoded else None
+        group_logits = grounding.decode(image_embeddings[seg_batch_index[index]], sparse, mask_decoder=decoder)
         for position, k in enumerate(members):
             logits[k] = group_logits[position]
     return torch.stack(logits)
