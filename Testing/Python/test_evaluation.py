@@ -160,6 +160,34 @@ def test_eval_on_the_open2d_manifest(workspace, tmp_path, litemedsam):
     assert {"text_seg", "box_seg", "prompt_perception", "negative", "vqa"} == set(report["metrics"]["overall"])
 
 
+def test_box_decoder_weight_is_evaluated_and_recorded_or_refused_with_the_reason(workspace, tmp_path, litemedsam, capsys):
+    """``--box-decoder-weight`` evaluates the shipped model with another blend of its fine-tuned
+    and pretrained decoders for box answers (text-only masks stay the same) and records it; on a
+    model without pretrained grounding weights it is refused with the reason."""
+    from mimo.backend import EMBEDDED_CHECKPOINT
+
+    manifest = shared_path("open2d", "manifest.jsonl")
+    reports = {}
+    for weight in ("1.0", "0.0"):
+        out = tmp_path / weight / "report.json"
+        args = eval_args("--model", str(EMBEDDED_CHECKPOINT), "--data", str(manifest), "--out", str(out), "--split", "test",
+                         "--max-per-dataset", "1", "--datasets", "kvasir_seg,busi", "--perspectives", "text_seg",
+                         "--box-decoder-weight", weight)
+        reports[weight] = evaluate(args, litemedsam=LiteMedSAMPredictor(backend=litemedsam), log=lambda message: None)
+        assert reports[weight]["model"]["box_decoder_weight"] == float(weight)
+        assert f"--box-decoder-weight {weight}" in reports[weight]["command"]
+    fine_tuned, pretrained = (reports[w]["comparisons"] for w in ("1.0", "0.0"))
+    assert len(fine_tuned) == len(pretrained) == 2
+    for a, b in zip(fine_tuned, pretrained):
+        assert a["mimo_text"]["dice"] == b["mimo_text"]["dice"]
+    assert any(abs(a["mimo_box"]["dice"] - b["mimo_box"]["dice"]) > 1e-3 for a, b in zip(fine_tuned, pretrained))
+
+    args = eval_args("--model", str(workspace / "tiny"), "--data", str(workspace / "folder"), "--out", str(tmp_path / "tiny.json"),
+                     "--box-decoder-weight", "0.5")
+    assert run_eval(args) == 2
+    assert "grounding.weights is null" in capsys.readouterr().err
+
+
 def test_reference_answers_on_open2d_score_perfectly(tmp_path):
     manifest = shared_path("open2d", "manifest.jsonl")
     reference = ReferencePredictor()

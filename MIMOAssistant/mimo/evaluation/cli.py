@@ -35,6 +35,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of images with --max-per-dataset")
+    parser.add_argument("--box-decoder-weight", type=float, default=None, metavar="W",
+                        help="masks answering a box or lasso: W x the fine-tuned decoder + (1 - W) x the pretrained one, "
+                             "instead of the checkpoint's setting (choose W on the validation split)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -43,7 +46,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["mimo-assistant", "eval", "--model", str(args.model), "--data", str(args.data), "--out", str(args.out),
              "--split", args.split, "--baselines", args.baselines, "--device", args.device,
              "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
-    for option in ("max_per_dataset", "datasets", "perspectives", "cache_dir"):
+    for option in ("max_per_dataset", "datasets", "perspectives", "cache_dir", "box_decoder_weight"):
         value = getattr(args, option, None)
         if value is not None:
             parts += ["--" + option.replace("_", "-"), str(value)]
@@ -85,7 +88,7 @@ def evaluate(args: argparse.Namespace, model=None, litemedsam=None, log=print) -
     if not examples:
         raise DataError(f"no samples to evaluate in {data} (split {args.split}, datasets {args.datasets}, perspectives {args.perspectives})")
     if model is None:
-        model = MimoPredictor(args.model, args.device, args.max_new_tokens, args.cache_dir)
+        model = MimoPredictor(args.model, args.device, args.max_new_tokens, args.cache_dir, getattr(args, "box_decoder_weight", None))
     if litemedsam is None and "litemedsam" in baselines:
         litemedsam = LiteMedSAMPredictor(args.device)
     log(f"evaluating {len(examples)} samples on {len({e.image for e in examples})} images from {data}")

@@ -49,7 +49,11 @@ class MimoPredictor:
 
     name = "mimo"
 
-    def __init__(self, model_path: str | Path, device: str = "auto", max_new_tokens: int = 48, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, model_path: str | Path, device: str = "auto", max_new_tokens: int = 48, cache_dir: str | Path | None = None,
+                 box_decoder_weight: float | None = None) -> None:
+        """``box_decoder_weight``: evaluate with this blend of the fine-tuned and pretrained mask
+        decoders for masks answering a box or lasso instead of the checkpoint's own
+        (:mod:`mimo.modeling.box_decoder`; how a blend weight is chosen on the validation split)."""
         import torch
 
         from ..modeling import load_mimo
@@ -60,6 +64,8 @@ class MimoPredictor:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model_path = Path(model_path)
         self.model, self.processor = load_mimo(self.model_path, device=self.device, dtype=self.dtype)
+        if box_decoder_weight is not None:
+            self.model.set_box_decoder_weight(box_decoder_weight)
         self.max_new_tokens = max_new_tokens
         self.cache = FeatureCache(self.model, self.processor, cache_dir, dtype=torch.float16 if cache_dir else torch.float32,
                                   enabled=cache_dir is not None, memory_items=2)
@@ -77,6 +83,7 @@ class MimoPredictor:
             "weights_sha256": _sha256(weights) if weights.is_file() else None,
             "encoder_hash": encoder_hash(self.model, self.processor),
             "device": str(self.device),
+            "box_decoder_weight": self.model.config.segmentation.box_decoder_weight,
             "model_card": self.model.config.model_card,
         }
 

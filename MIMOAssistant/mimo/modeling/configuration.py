@@ -234,6 +234,9 @@ class MimoConfig:
         self.language_model.validate()
         self.refiner.validate()
         self.segmentation.validate()
+        if self.segmentation.box_decoder_weight < 1 and self.grounding.weights is None:
+            raise BackendError("segmentation.box_decoder_weight below 1 blends the mask decoder with its pretrained weights, "
+                               "but this model's grounding part has none (grounding.weights is null: randomly initialised)")
         if math.isqrt(self.aligner.num_queries) ** 2 != self.aligner.num_queries:
             raise BackendError(f"aligner num_queries {self.aligner.num_queries} is not a square number (each query carries one cell of a square image grid)")
         if self.aligner.hidden_size % self.aligner.num_heads:

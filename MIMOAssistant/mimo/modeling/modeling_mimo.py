@@ -119,9 +119,7 @@ class MimoForConditionalGeneration(nn.Module):
             MaskRefiner(self.grounding.embedding_dim, refiner.size, tuple(refiner.channels)) if refiner.enabled else None
         )
         self.box_prior = self._new_box_prior() if config.segmentation.box_prior else None
-        blend = config.segmentation.box_decoder_weight
-        # The grounding model is built again for the package's own decoder weights (as for the box prior).
-        self.box_decoder = BoxDecoderBlend(build_grounding(config.grounding).mask_decoder, blend) if blend < 1 else None
+        self.box_decoder = self._new_box_decoder(config.segmentation.box_decoder_weight)
         self._freeze()
 
     @classmethod
@@ -162,6 +160,30 @@ class MimoForConditionalGeneration(nn.Module):
         reference = next(self.seg_projection.parameters())
         self.box_prior = self._new_box_prior().to(reference.device, reference.dtype)
         self.config.segmentation.box_prior = True
+
+    def _new_box_decoder(self, weight: float) -> BoxDecoderBlend | None:
+        if weight >= 1:
+            return None
+        # The grounding model is built again for the package's own decoder weights (as for the box prior).
+        return BoxDecoderBlend(build_grounding(self.config.grounding).mask_decoder, weight)
+
+    def set_box_decoder_weight(self, weight: float) -> None:
+        """Decode masks answering a box or lasso with ``weight`` x this model's decoder weights +
+        (1 - weight) x the pretrained ones (:mod:`.box_decoder`; 1: this model's decoder alone).
+        The configuration records it for saving."""
+        previous = self.config.segmentation.box_decoder_weight
+        self.config.segmentation.box_decoder_weight = weight
+        try:
+            self.config.validate()
+        except BackendError:
+            self.config.segmentation.box_decoder_weight = previous
+            raise
+        if self.box_decoder is not None and weight < 1:
+            self.box_decoder.weight = weight
+        else:
+            reference = next(self.seg_projection.parameters())
+            blend = self._new_box_decoder(weight)
+            self.box_decoder = blend.to(reference.device, reference.dtype) if blend is not None else None
 
     def _frozen_modules(self) -> list[nn.Module]:
         grounding = self.config.grounding
