@@ -386,6 +386,15 @@ def box_masks(model, processor, geometry, features, turns):
     return outputs
 
 
+def perturb_decoder(model, seed: int = 0):
+    """As fine-tuning would, move the model's own decoder away from LiteMedSAM's (seeded: torch's
+    global generator starts from a random seed in every process)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.grounding.mask_decoder.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+
+
 def test_box_prior_starts_closed_opens_to_litemedsam_and_is_saved_without_copying_it(tokenizer, tmp_path):
     """The box prior mixes the package's pretrained decoder into masks answering a box or lasso.
     Added to a model, it leaves every mask within the closed gate's 0.25 %; forced open, a box
@@ -397,9 +406,7 @@ def test_box_prior_starts_closed_opens_to_litemedsam_and_is_saved_without_copyin
     from mimo.backends.litemedsam import LiteMedSAMBackend
 
     model, processor = create_mimo_tiny(tokenizer=tokenizer)
-    with torch.no_grad():  # as fine-tuning would, move the model's own decoder away from LiteMedSAM's
-        for parameter in model.grounding.mask_decoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_decoder(model)
     image, disk = disk_image(96, 128)
     geometry, features = encode(model, processor, image)
     box = BoxPrompt(*box_around(disk))
@@ -453,9 +460,7 @@ def test_box_decoder_blend_draws_box_answers_with_blended_weights_and_leaves_oth
              ("Segment the liver.", [LassoPrompt(((30, 15), (90, 14), (92, 80), (28, 82)))]),
              ("Segment the liver.", [PointPrompt(50, 43)]), ("Segment the liver.", [])]
     pretrained = box_masks(model, processor, geometry, features, turns)
-    with torch.no_grad():  # as fine-tuning would, move the model's own decoder away from LiteMedSAM's
-        for parameter in model.grounding.mask_decoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_decoder(model)
     fine_tuned = box_masks(model, processor, geometry, features, turns)
     assert not any(torch.allclose(a, b, atol=0.1) for a, b in zip(pretrained, fine_tuned))
     save_mimo(model, processor, tmp_path)

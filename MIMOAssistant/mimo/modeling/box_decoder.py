@@ -12,14 +12,13 @@ uses 0.85 (chosen on the validation split: held-out CVC-ClinicDB polyps with a b
 retinal vessels 0.72 -> 0.71); at 0.5 polyps rise further but thin targets and an unseen MR
 brain lose (``Docs/mimo-tiny-training``).
 
-Training through the blend works (the fine-tuned weights get the gradient scaled by the
-weight), but the weight is meant to be chosen after training, on held-out data.
-
 Only masks answering a box or a lasso use the blend; masks from text alone, points or scribbles
 use the fine-tuned decoder unchanged, so text-guided grounding is exactly as trained. The blend
-is computed from the live fine-tuned weights at every call (a few million additions), so it
-always follows the decoder it is built from; the pretrained copy is frozen and never saved when
-the grounding weights are referenced from their package.
+is computed from the live fine-tuned weights whenever a box or lasso mask is decoded (a few
+million additions), so it always follows the decoder it is built from; the pretrained copy is
+frozen and never saved when the grounding weights are referenced from their package. Training
+through the blend works (the fine-tuned weights get the gradient scaled by the weight), but the
+weight is meant to be chosen after training, on held-out data.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from ..errors import BackendError
 
 
 class BoxDecoderBlend(nn.Module):
@@ -43,7 +44,7 @@ class BoxDecoderBlend(nn.Module):
         state = {}
         for name, tensor in list(fine_tuned.named_parameters()) + list(fine_tuned.named_buffers()):
             if name not in pretrained or pretrained[name].shape != tensor.shape:
-                raise ValueError(f"box decoder blend: the fine-tuned decoder's {name!r} has no pretrained counterpart of shape {tuple(tensor.shape)}")
+                raise BackendError(f"box decoder blend: the fine-tuned decoder's {name!r} has no pretrained counterpart of shape {tuple(tensor.shape)}")
             if tensor.is_floating_point():
                 state[name] = self.weight * tensor + (1 - self.weight) * pretrained[name].to(tensor.dtype)
             else:
@@ -51,10 +52,9 @@ class BoxDecoderBlend(nn.Module):
         return state
 
     def decoder(self, fine_tuned: nn.Module):
-        """A callable with the mask decoder's signature that runs the blended weights."""
-        state = self.blended_state(fine_tuned)
+        """A callable with the mask decoder's keyword arguments that runs the blended weights."""
 
         def run(**inputs):
-            return functional_call(fine_tuned, state, args=(), kwargs=inputs)
+            return functional_call(fine_tuned, self.blended_state(fine_tuned), args=(), kwargs=inputs)
 
         return run

@@ -19,6 +19,8 @@ otherwise pull the decoder to a look-alike outside it (a second lesion-like blob
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -64,7 +66,7 @@ def decode_seg_masks(
     region_types: torch.Tensor,
     decoder_boxes: torch.Tensor,
     use_visual_prompts: bool,
-    box_mask_decoder=None,
+    box_mask_decoder: Callable | None = None,
 ) -> torch.Tensor:
     """Mask logits (K, m, m), one per ``<SEG>``.
 
