@@ -479,7 +479,7 @@ def test_box_decoder_blend_draws_box_answers_with_blended_weights_and_leaves_oth
     assert not any(p.requires_grad for p in loaded.box_decoder.pretrained.parameters())
 
     loaded, loaded_processor = load_with_weight(0.25)
-    state = loaded.box_decoder.blended_state(loaded.grounding.mask_decoder)
+    state = loaded.box_decoder.blended_state(loaded.grounding.mask_decoder, loaded.config.segmentation.box_decoder_weight)
     name, tuned = next(loaded.grounding.mask_decoder.named_parameters())
     original = dict(loaded.box_decoder.pretrained.named_parameters())[name]
     assert torch.allclose(state[name], 0.25 * tuned + 0.75 * original)

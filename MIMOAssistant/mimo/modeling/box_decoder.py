@@ -31,14 +31,14 @@ from ..errors import BackendError
 
 
 class BoxDecoderBlend(nn.Module):
-    """``weight`` x fine-tuned + (1 - weight) x pretrained, parameter by parameter."""
+    """``weight`` x fine-tuned + (1 - weight) x pretrained, parameter by parameter. The weight is
+    the model configuration's ``segmentation.box_decoder_weight``, passed in at each call."""
 
-    def __init__(self, pretrained_mask_decoder: nn.Module, weight: float) -> None:
+    def __init__(self, pretrained_mask_decoder: nn.Module) -> None:
         super().__init__()
         self.pretrained = pretrained_mask_decoder.requires_grad_(False)
-        self.weight = weight
 
-    def blended_state(self, fine_tuned: nn.Module) -> dict[str, torch.Tensor]:
+    def blended_state(self, fine_tuned: nn.Module, weight: float) -> dict[str, torch.Tensor]:
         pretrained = dict(self.pretrained.named_parameters())
         pretrained.update(self.pretrained.named_buffers())
         state = {}
@@ -46,15 +46,15 @@ class BoxDecoderBlend(nn.Module):
             if name not in pretrained or pretrained[name].shape != tensor.shape:
                 raise BackendError(f"box decoder blend: the fine-tuned decoder's {name!r} has no pretrained counterpart of shape {tuple(tensor.shape)}")
             if tensor.is_floating_point():
-                state[name] = self.weight * tensor + (1 - self.weight) * pretrained[name].to(tensor.dtype)
+                state[name] = weight * tensor + (1 - weight) * pretrained[name].to(tensor.dtype)
             else:
                 state[name] = tensor
         return state
 
-    def decoder(self, fine_tuned: nn.Module):
+    def decoder(self, fine_tuned: nn.Module, weight: float):
         """A callable with the mask decoder's keyword arguments that runs the blended weights."""
 
         def run(**inputs):
-            return functional_call(fine_tuned, self.blended_state(fine_tuned), args=(), kwargs=inputs)
+            return functional_call(fine_tuned, self.blended_state(fine_tuned, weight), args=(), kwargs=inputs)
 
         return run

@@ -119,7 +119,7 @@ class MimoForConditionalGeneration(nn.Module):
             MaskRefiner(self.grounding.embedding_dim, refiner.size, tuple(refiner.channels)) if refiner.enabled else None
         )
         self.box_prior = self._new_box_prior() if config.segmentation.box_prior else None
-        self.box_decoder = self._new_box_decoder(config.segmentation.box_decoder_weight)
+        self.box_decoder = BoxDecoderBlend(self._pretrained_mask_decoder()) if config.segmentation.box_decoder_weight < 1 else None
         self._freeze()
 
     @classmethod
@@ -147,10 +147,13 @@ class MimoForConditionalGeneration(nn.Module):
         self.mask_refiner = self.mask_refiner.widened(channels, seed).to(reference.device, reference.dtype)
         self.config.refiner.channels = tuple(self.mask_refiner.channels)
 
+    def _pretrained_mask_decoder(self) -> nn.Module:
+        """A new copy of the grounding model's decoder with the package's own weights (for the
+        box prior and the box decoder): this model's decoder may already hold fine-tuned ones."""
+        return build_grounding(self.config.grounding).mask_decoder
+
     def _new_box_prior(self) -> BoxPrior:
-        # The grounding model is built again for a decoder with the package's own weights:
-        # this model's decoder may already hold fine-tuned ones.
-        return BoxPrior(build_grounding(self.config.grounding).mask_decoder, self.grounding.embedding_dim)
+        return BoxPrior(self._pretrained_mask_decoder(), self.grounding.embedding_dim)
 
     def add_box_prior(self) -> None:
         """Give a trained model a box prior (:mod:`.box_prior`); its gate starts closed, so the
@@ -160,12 +163,6 @@ class MimoForConditionalGeneration(nn.Module):
         reference = next(self.seg_projection.parameters())
         self.box_prior = self._new_box_prior().to(reference.device, reference.dtype)
         self.config.segmentation.box_prior = True
-
-    def _new_box_decoder(self, weight: float) -> BoxDecoderBlend | None:
-        if weight >= 1:
-            return None
-        # The grounding model is built again for the package's own decoder weights (as for the box prior).
-        return BoxDecoderBlend(build_grounding(self.config.grounding).mask_decoder, weight)
 
     def set_box_decoder_weight(self, weight: float) -> None:
         """Decode masks answering a box or lasso with ``weight`` x this model's decoder weights +
@@ -178,12 +175,11 @@ class MimoForConditionalGeneration(nn.Module):
         except BackendError:
             self.config.segmentation.box_decoder_weight = previous
             raise
-        if self.box_decoder is not None and weight < 1:
-            self.box_decoder.weight = weight
-        else:
+        if weight >= 1:
+            self.box_decoder = None
+        elif self.box_decoder is None:
             reference = next(self.seg_projection.parameters())
-            blend = self._new_box_decoder(weight)
-            self.box_decoder = blend.to(reference.device, reference.dtype) if blend is not None else None
+            self.box_decoder = BoxDecoderBlend(self._pretrained_mask_decoder()).to(reference.device, reference.dtype)
 
     def _frozen_modules(self) -> list[nn.Module]:
         grounding = self.config.grounding
@@ -292,7 +288,8 @@ class MimoForConditionalGeneration(nn.Module):
             region_types.to(self.device),
             decoder_boxes.to(self.device, self.dtype),
             self.config.segmentation.decoder_visual_prompts,
-            self.box_decoder.decoder(self.grounding.mask_decoder) if self.box_decoder is not None else None,
+            self.box_decoder.decoder(self.grounding.mask_decoder, self.config.segmentation.box_decoder_weight)
+            if self.box_decoder is not None else None,
         )
         masks = coarse
         if self.mask_refiner is not None:
