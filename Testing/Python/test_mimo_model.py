@@ -497,6 +497,76 @@ def test_box_decoder_blend_draws_box_answers_with_blended_weights_and_leaves_oth
             load_with_weight(wrong)
 
 
+def test_box_teacher_pulls_box_answers_back_to_litemedsam_only_where_litemedsam_is_right(tokenizer, tmp_path):
+    """``loss.box_teacher_weight``: masks answering a box or lasso learn toward the pretrained
+    decoder's answer to the box alone (LiteMedSAM's own mask), but only where that mask agrees
+    with the reference (Dice >= ``box_teacher_min_dice``); point and text-only masks are never
+    taught; training on the term alone brings a perturbed decoder's box answer back to
+    LiteMedSAM's; the teacher is never saved and a loaded model has none."""
+    from mimo.backend import Turn
+    from mimo.backends.litemedsam import LiteMedSAMBackend
+    from mimo.modeling.box_teacher import hard_dice
+
+    model, processor = create_mimo_tiny(tokenizer=tokenizer)
+    image, disk = disk_image(96, 128)
+    geometry, features = encode(model, processor, image)
+    box = BoxPrompt(*box_around(disk))
+    litemedsam = LiteMedSAMBackend(device="cpu")
+    reference = litemedsam.ask(litemedsam.open_session(image), Turn("", [box])).masks[0]
+    assert dice(reference, disk) > 0.9
+
+    model.config.loss.box_teacher_weight, model.config.loss.lm_weight = 1.0, 0.0
+    model.config.loss.bce_weight = model.config.loss.dice_weight = 0.0
+    model.add_box_teacher()
+    assert not any(p.requires_grad for p in model.box_teacher.pretrained.parameters())
+    canvas_box = processor(geometry, "Segment the disk.", [box])["decoder_boxes"][0]
+    teacher = model.box_teacher.teacher_logits(model.grounding, features.grounding, canvas_box)
+    teacher_mask = processor.to_answer(processor.tokenizer.encode("<p>disk</p><SEG>", add_special_tokens=False), teacher, geometry).masks[0]
+    assert dice(teacher_mask, reference) > 0.98, "the teacher is LiteMedSAM given the box alone"
+
+    perturb_decoder(model)
+    ring = disk ^ np.pad(disk[2:-2, 2:-2], 2)  # a reference the teacher's blob does not match
+
+    def sample(prompts, target):
+        return {**processor(geometry, "Segment the disk.", prompts, answer="<p>disk</p><SEG>", target_masks=[target]), "image_features": features}
+
+    def teacher_term(prompts, target):
+        with torch.no_grad():
+            return model(**processor.collate([sample(prompts, target)])).mask_teacher_loss
+
+    lasso = LassoPrompt(((30, 15), (90, 14), (92, 80), (28, 82)))
+    assert teacher_term([box], disk) > 0.01 and teacher_term([lasso], disk) is not None
+    assert teacher_term([box], ring) is None, "a teacher that misses the reference teaches nothing"
+    assert teacher_term([PointPrompt(50, 43)], disk) is None and teacher_term([], disk) is None
+
+    answer_ids = processor.tokenizer.encode("<p>disk</p><SEG>", add_special_tokens=False)
+
+    def box_answer_dice():
+        return dice(processor.to_answer(answer_ids, box_masks(model, processor, geometry, features, [("Segment the disk.", [box])])[0], geometry).masks[0], reference)
+
+    before_dice, before_term = box_answer_dice(), float(teacher_term([box], disk))
+    batch = processor.collate([sample([box], disk)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(15):
+        losses = train_step(model, batch, optimizer)
+    assert set(losses) >= {"loss", "mask_teacher_loss"}
+    after_term = float(teacher_term([box], disk))
+    assert after_term < 0.5 * before_term and box_answer_dice() > max(before_dice, 0.9), (before_term, after_term, before_dice)
+
+    save_mimo(model, processor, tmp_path)
+    loaded, _ = load_mimo(tmp_path)
+    assert loaded.box_teacher is None and loaded.config.loss.box_teacher_weight == 1.0
+    assert hard_dice(torch.ones(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool)).tolist() == [0.0]
+    for field, wrong in (("box_teacher_weight", -1.0), ("box_teacher_weight", True), ("box_teacher_min_dice", 1.5), ("box_teacher_min_dice", "high")):
+        config = json.loads((tmp_path / "config.json").read_text())
+        config["loss"][field] = wrong
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(BackendError, match=f"loss.{field}"):
+            load_mimo(tmp_path)
+        config["loss"][field] = 0.8
+        (tmp_path / "config.json").write_text(json.dumps(config))
+
+
 # ----- the 7B preset at reduced size ------------------------------------------------------------
 
 

@@ -208,6 +208,14 @@ def test_a_run_can_add_a_box_prior_and_train_its_gate_alone(workspace):
     assert after["box_prior.gate.bias"].item() != -6.0
 
 
+def test_a_box_teacher_needs_pretrained_grounding_weights(workspace, capsys):
+    """The box teacher is the package's pretrained decoder: a model with a random grounding part
+    has none, and the run stops before training with the reason."""
+    status, output = run_config(workspace, "teacher-without-weights", steps=2, loss={"box_teacher_weight": 1.0})
+    assert status == 2 and "box teacher" in (message := capsys.readouterr().err) and "grounding.weights is null" in message, message
+    assert not (output / "final").exists()
+
+
 def test_resume_continues_exactly_where_the_interrupted_run_stopped(workspace):
     status, straight = run_config(workspace, "straight", steps=8, save_every=100)
     assert status == 0
@@ -277,6 +285,14 @@ def test_configuration_files_load_and_mistakes_are_named(tmp_path):
         config_from_dict({**base, "model": {"widen_refiner_to": [16, 32, 32]}})
     with pytest.raises(ConfigError, match="add_box_prior needs model.init_checkpoint"):
         config_from_dict({**base, "model": {"add_box_prior": True}})
+    with pytest.raises(ConfigError, match="box_decoder_weight needs model.init_checkpoint"):
+        config_from_dict({**base, "model": {"box_decoder_weight": 1.0}})
+    with pytest.raises(ConfigError, match="model.box_decoder_weight 1.5 must be a number from 0 to 1"):
+        config_from_dict({**base, "model": {"init_checkpoint": "c", "box_decoder_weight": 1.5}})
+    with pytest.raises(ConfigError, match="loss.box_teacher_weight -1 must be a number of 0 or more"):
+        config_from_dict({**base, "loss": {"box_teacher_weight": -1}})
+    with pytest.raises(ConfigError, match="loss.box_teacher_min_dice True must be a number from 0 to 1"):
+        config_from_dict({**base, "loss": {"box_teacher_min_dice": True}})
     with pytest.raises(ConfigError, match="dataset_weights must not be negative"):
         config_from_dict({**base, "sampling": {"dataset_weights": {"drive": -1}}})
     with pytest.raises(ConfigError, match=r"dataset_max_images must be whole numbers of at least 1: \{'busi': 0\}"):
@@ -364,6 +380,7 @@ def test_mimo_tiny_trains_a_few_steps_on_real_images(tmp_path, capsys):
         "steps": 3, "batch_size": 2, "text_warmup_steps": 1, "optimizer": {"lr": 5e-4},
         "features": {"cache_dir": str(tmp_path / "cache")},
         "sampling": {"datasets": ["kvasir_seg", "busi"], "max_images_per_dataset": 1},
+        "loss": {"box_teacher_weight": 1.0, "box_teacher_min_dice": 0.5},
     }
     path = tmp_path / "real.json"
     path.write_text(json.dumps(config))
@@ -377,6 +394,14 @@ def test_mimo_tiny_trains_a_few_steps_on_real_images(tmp_path, capsys):
         print(f"\nmimo-tiny on real images: encode {encode['seconds_per_image']:.2f} s/image ({encode['encoded']} images); "
               f"step times {[round(r['seconds'], 2) for r in steps]} s (batch 2, first is text only)")
     assert all(np.isfinite(r["loss"]) for r in steps) and (tmp_path / "out" / "final" / "model.safetensors").is_file()
+    taught = [r["mask_teacher_loss"] for r in steps if "mask_teacher_loss" in r]
+    assert taught and all(0 <= value < 10 for value in taught), "LiteMedSAM outlines these polyps and lesions: the box teacher teaches"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / "final" / "model.safetensors"), "pt") as weights:
+        assert not [name for name in weights.keys() if name.startswith("box_teacher")]
+    saved = json.loads((tmp_path / "out" / "final" / "config.json").read_text())
+    assert saved["loss"]["box_teacher_weight"] == 1.0 and saved["loss"]["box_teacher_min_dice"] == 0.5
 
 
 def test_builder_text_seg_samples_get_box_prompted_twins(tmp_path):

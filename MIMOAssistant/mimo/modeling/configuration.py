@@ -208,6 +208,20 @@ class LossConfig:
     lm_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
+    box_teacher_weight: float = 0.0
+    """Weight of the box teacher's term (:mod:`.box_teacher`): masks answering a box or lasso kept
+    near the pretrained decoder's answer to the box alone where that answer is right; 0: off."""
+    box_teacher_min_dice: float = 0.8
+    """The box teacher teaches a mask only where its own mask has at least this Dice with the reference."""
+
+    def validate(self) -> None:
+        for name in ("lm_weight", "bce_weight", "dice_weight", "box_teacher_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+                raise BackendError(f"loss.{name} {value!r} must be a number of 0 or more")
+        value = self.box_teacher_min_dice
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise BackendError(f"loss.box_teacher_min_dice {value!r} must be a number from 0 to 1")
 
 
 @dataclass
@@ -234,8 +248,12 @@ class MimoConfig:
         self.language_model.validate()
         self.refiner.validate()
         self.segmentation.validate()
+        self.loss.validate()
         if self.segmentation.box_decoder_weight < 1 and self.grounding.weights is None:
             raise BackendError("segmentation.box_decoder_weight below 1 blends the mask decoder with its pretrained weights, "
+                               "but this model's grounding part has none (grounding.weights is null: randomly initialised)")
+        if self.loss.box_teacher_weight > 0 and self.grounding.weights is None:
+            raise BackendError("loss.box_teacher_weight above 0 teaches box answers from the pretrained mask decoder, "
                                "but this model's grounding part has none (grounding.weights is null: randomly initialised)")
         if math.isqrt(self.aligner.num_queries) ** 2 != self.aligner.num_queries:
             raise BackendError(f"aligner num_queries {self.aligner.num_queries} is not a square number (each query carries one cell of a square image grid)")

@@ -29,6 +29,7 @@ from ..errors import BackendError
 from .aligner import MultiModalInputAligner
 from .box_decoder import BoxDecoderBlend
 from .box_prior import BoxPrior
+from .box_teacher import BoxTeacher
 from .configuration import MimoConfig
 from .generation import generate_tokens
 from .grounding import build_grounding
@@ -73,6 +74,8 @@ class MimoOutput:
     mask_dice_loss: torch.Tensor | None
     logits: torch.Tensor  # (B, L, V)
     mask_logits: torch.Tensor | None  # (K, m, m), one per <SEG> in input_ids, batch-major
+    mask_teacher_loss: torch.Tensor | None = None
+    """The box teacher's term (:mod:`.box_teacher`), unweighted; None when off or nothing was taught."""
 
 
 @dataclass
@@ -120,6 +123,8 @@ class MimoForConditionalGeneration(nn.Module):
         )
         self.box_prior = self._new_box_prior() if config.segmentation.box_prior else None
         self.box_decoder = BoxDecoderBlend(self._pretrained_mask_decoder()) if config.segmentation.box_decoder_weight < 1 else None
+        self.box_teacher: BoxTeacher | None = None
+        """Training only (:meth:`add_box_teacher`): a model loaded for inference has none."""
         self._freeze()
 
     @classmethod
@@ -181,6 +186,17 @@ class MimoForConditionalGeneration(nn.Module):
             reference = next(self.seg_projection.parameters())
             self.box_decoder = BoxDecoderBlend(self._pretrained_mask_decoder()).to(reference.device, reference.dtype)
 
+    def add_box_teacher(self) -> None:
+        """Teach masks answering a box or lasso from the pretrained decoder while training, with
+        the configuration's ``loss.box_teacher_weight`` and ``loss.box_teacher_min_dice``
+        (:mod:`.box_teacher`). The teacher is never saved."""
+        if self.config.grounding.weights is None:
+            raise BackendError("a box teacher needs the grounding part's pretrained weights, and this model has none "
+                               "(grounding.weights is null: randomly initialised)")
+        if self.box_teacher is None:
+            reference = next(self.seg_projection.parameters())
+            self.box_teacher = BoxTeacher(self._pretrained_mask_decoder()).to(reference.device, reference.dtype)
+
     def _frozen_modules(self) -> list[nn.Module]:
         grounding = self.config.grounding
         frozen = [
@@ -200,6 +216,8 @@ class MimoForConditionalGeneration(nn.Module):
             frozen.append(self.box_prior.mask_decoder)
         if self.box_decoder is not None:
             frozen.append(self.box_decoder.pretrained)
+        if self.box_teacher is not None:
+            frozen.append(self.box_teacher.pretrained)
         return frozen
 
     def _freeze(self) -> None:
@@ -344,7 +362,7 @@ class MimoForConditionalGeneration(nn.Module):
             raise BackendError("target_masks were given but decode_masks is False")
 
         weights = self.config.loss
-        lm_loss = bce = dice = None
+        lm_loss = bce = dice = teacher = None
         total = []
         if labels is not None:
             lm_loss = next_token_loss(outputs.logits, labels.to(device))
@@ -360,8 +378,15 @@ class MimoForConditionalGeneration(nn.Module):
                     coarse = F.interpolate(coarse_logits[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                     aux = weights.bce_weight * mask_bce_loss(coarse, targets) + weights.dice_weight * mask_dice_loss(coarse, targets)
                     total.append(self.config.refiner.coarse_weight * aux)
+                if self.box_teacher is not None and weights.box_teacher_weight > 0:
+                    teacher, _ = self.box_teacher.loss(
+                        self.grounding, features.grounding, coarse_logits, targets, seg_batch, seg_rank, region_types,
+                        decoder_boxes.to(device, self.dtype), weights.box_teacher_min_dice,
+                    )
+                    if teacher is not None:
+                        total.append(weights.box_teacher_weight * teacher)
         loss = torch.stack(total).sum() if total else None
-        return MimoOutput(loss, lm_loss, bce, dice, outputs.logits, mask_logits)
+        return MimoOutput(loss, lm_loss, bce, dice, outputs.logits, mask_logits, teacher)
 
     # ----- inference ----------------------------------------------------------------------
 

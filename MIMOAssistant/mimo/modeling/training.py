@@ -29,7 +29,8 @@ def train_step(model, batch: dict, optimizer: torch.optim.Optimizer, max_grad_no
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
     optimizer.step()
-    losses = {"loss": output.loss, "lm_loss": output.lm_loss, "mask_bce_loss": output.mask_bce_loss, "mask_dice_loss": output.mask_dice_loss}
+    losses = {"loss": output.loss, "lm_loss": output.lm_loss, "mask_bce_loss": output.mask_bce_loss, "mask_dice_loss": output.mask_dice_loss,
+              "mask_teacher_loss": output.mask_teacher_loss}
     return {name: float(value.detach()) for name, value in losses.items() if value is not None}
 
 

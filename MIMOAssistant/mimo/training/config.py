@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ PERSPECTIVES = ("text_seg", "box_seg", "prompt_perception", "reasoning_seg", "pr
 FLIP_MODALITIES = ("endoscopy", "ultrasound", "microscopy", "histopathology", "fundus", "dermoscopy", "electron microscopy")
 #: Modalities whose images may also be mirrored top-bottom (no up or down either).
 VFLIP_MODALITIES = ("endoscopy", "microscopy", "histopathology", "electron microscopy", "dermoscopy")
+
+
+def _is_number(value) -> bool:
+    """An int or float, not a bool (JSON's true is not a weight)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class ConfigError(MimoError):
@@ -58,6 +64,10 @@ class ModelSection:
     add_box_prior: bool = False
     """With ``init_checkpoint``: give it a box prior (``mimo.modeling.box_prior``) whose gate
     starts closed, if it has none."""
+    box_decoder_weight: float | None = None
+    """With ``init_checkpoint``: set its ``segmentation.box_decoder_weight`` (``mimo.modeling.box_decoder``)
+    before training, e.g. 1.0 to train box answers through the fine-tuned decoder alone and choose
+    the blend afterwards on held-out data; None keeps the checkpoint's."""
     text_model_path: str | None = None
     vision_model_path: str | None = None
     sam_model_path: str | None = None
@@ -107,6 +117,11 @@ class LossSection:
     bce_weight: float | None = None
     dice_weight: float | None = None
     """None keeps the model configuration's weight (written into the checkpoint either way)."""
+    box_teacher_weight: float | None = None
+    """Keep masks answering a box or lasso near the pretrained decoder's answer to the box alone,
+    where that answer has at least ``box_teacher_min_dice`` with the reference
+    (``mimo.modeling.box_teacher``); 0 turns it off."""
+    box_teacher_min_dice: float | None = None
 
 
 @dataclass
@@ -265,6 +280,18 @@ class TrainConfig:
                               f"got {model.widen_refiner_to!r}")
         if model.add_box_prior and model.init_checkpoint is None:
             raise ConfigError("model.add_box_prior needs model.init_checkpoint (the model the box prior is added to)")
+        if model.box_decoder_weight is not None:
+            if model.init_checkpoint is None:
+                raise ConfigError("model.box_decoder_weight needs model.init_checkpoint (a new model has nothing fine-tuned to blend)")
+            if not _is_number(model.box_decoder_weight) or not 0.0 <= model.box_decoder_weight <= 1.0:
+                raise ConfigError(f"model.box_decoder_weight {model.box_decoder_weight!r} must be a number from 0 to 1")
+        for name in ("lm_weight", "bce_weight", "dice_weight", "box_teacher_weight"):
+            value = getattr(self.loss, name)
+            if value is not None and (not _is_number(value) or not 0.0 <= value < math.inf):
+                raise ConfigError(f"loss.{name} {value!r} must be a number of 0 or more (or null)")
+        value = self.loss.box_teacher_min_dice
+        if value is not None and (not _is_number(value) or not 0.0 <= value <= 1.0):
+            raise ConfigError(f"loss.box_teacher_min_dice {value!r} must be a number from 0 to 1 (or null)")
         if model.init_checkpoint is None:
             if model.preset not in ("mimo-tiny", "mimo-7b"):
                 raise ConfigError(f"model.preset {model.preset!r} is not one of mimo-tiny, mimo-7b (or give model.init_checkpoint)")

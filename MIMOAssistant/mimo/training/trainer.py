@@ -43,7 +43,7 @@ SELECTION_FILE = "train_images.json"
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
-LOSS_TERMS = ("lm_loss", "mask_bce_loss", "mask_dice_loss")
+LOSS_TERMS = ("lm_loss", "mask_bce_loss", "mask_dice_loss", "mask_teacher_loss")
 RESEARCH_NOTE = (
     "Trained on public research data whose licences are mostly research-only (see the data's README): "
     "a research/demo artifact. Not for clinical use."
@@ -88,6 +88,8 @@ def build_model(config: TrainConfig):
             model.widen_mask_refiner(tuple(section.widen_refiner_to), seed=section.seed)
         if section.add_box_prior and model.box_prior is None:
             model.add_box_prior()
+        if section.box_decoder_weight is not None:
+            model.set_box_decoder_weight(section.box_decoder_weight)
         return model, processor
     if section.preset == "mimo-tiny":
         return create_mimo_tiny(seed=section.seed)
@@ -126,10 +128,13 @@ def configure_parts(model, config: TrainConfig) -> None:
             module.requires_grad_(bool(getattr(parts, name)))
     if model.box_prior is not None:
         model.box_prior.gate.requires_grad_(bool(parts.box_prior))
-    for name in ("lm_weight", "bce_weight", "dice_weight"):
+    for name in ("lm_weight", "bce_weight", "dice_weight", "box_teacher_weight", "box_teacher_min_dice"):
         value = getattr(config.loss, name)
         if value is not None:
             setattr(model.config.loss, name, float(value))
+    model.config.loss.validate()
+    if model.config.loss.box_teacher_weight > 0:
+        model.add_box_teacher()
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -238,7 +243,7 @@ def validation_subset(examples: list[Example], count: int, seed: int) -> list[Ex
 
 
 def check_finite(output, step: int, sample_ids: list[str]) -> None:
-    values = {name: getattr(output, name) for name in LOSS_TERMS}
+    values = {name: getattr(output, name, None) for name in LOSS_TERMS}
     values["loss"] = output.loss
     for name in (*LOSS_TERMS, "loss"):
         value = values[name]
@@ -510,7 +515,7 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             for name in ("loss", *LOSS_TERMS):
-                value = getattr(output, name)
+                value = getattr(output, name, None)
                 if value is not None:
                     losses[name] = losses.get(name, 0.0) + float(value.detach()) / accumulation
         learning_rates = scheduler.get_last_lr()
