@@ -73,22 +73,22 @@ class BoxTeacher(nn.Module):
         region_types: torch.Tensor,
         decoder_boxes: torch.Tensor,
         min_dice: float,
-    ) -> tuple[torch.Tensor | None, int]:
-        """(mean KL over the masks taught, how many were taught); (None, 0) when no mask of the
-        batch answers a box or lasso that the teacher outlines well enough.
+    ) -> torch.Tensor | None:
+        """The mean KL over the masks taught; None when no mask of the batch answers a box or
+        lasso that the teacher outlines well enough.
 
         ``coarse_logits`` (K, m, m) are the trained decoder's own masks, ``target_masks``
         (K, H, W) the references; the rest as in :func:`.pixel_decoder.decode_seg_masks`.
         """
         answering = masks_answering_regions(seg_batch_index, seg_region_index, region_types)
         if not answering:
-            return None, 0
+            return None
         index = torch.tensor(answering, device=coarse_logits.device)
         batch, region = seg_batch_index[index], seg_region_index[index]
         teacher = self.teacher_logits(grounding, image_embeddings[batch], decoder_boxes[batch, region])
         teacher_on_target = F.interpolate(teacher[:, None].float(), size=target_masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         agreement = hard_dice(teacher_on_target > 0, target_masks[index] > 0.5)
-        taught = index[agreement >= min_dice]
-        if taught.numel() == 0:
-            return None, 0
-        return binary_kl_divergence(coarse_logits[taught], teacher[agreement >= min_dice]), int(taught.numel())
+        taught = agreement >= min_dice
+        if not bool(taught.any()):
+            return None
+        return binary_kl_divergence(coarse_logits[index[taught]], teacher[taught])

@@ -379,7 +379,7 @@ class MimoForConditionalGeneration(nn.Module):
                     aux = weights.bce_weight * mask_bce_loss(coarse, targets) + weights.dice_weight * mask_dice_loss(coarse, targets)
                     total.append(self.config.refiner.coarse_weight * aux)
                 if self.box_teacher is not None and weights.box_teacher_weight > 0:
-                    teacher, _ = self.box_teacher.loss(
+                    teacher = self.box_teacher.loss(
                         self.grounding, features.grounding, coarse_logits, targets, seg_batch, seg_rank, region_types,
                         decoder_boxes.to(device, self.dtype), weights.box_teacher_min_dice,
                     )
