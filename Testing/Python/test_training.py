@@ -315,6 +315,9 @@ def test_the_shipped_checkpoints_stage_configurations_still_load():
         assert config.steps and config.output_dir.startswith("runs/"), path.name
     stage_4e = load_config(stages[0].parent / "phaseG1.json")
     assert stage_4e.sampling.dataset_max_images == {"busi": 300, "kvasir_seg": 240, "cvc_clinicdb": 240}
+    stage_4f = load_config(stages[0].parent / "phaseK2.json")
+    assert stage_4f.loss.box_teacher_weight == 6.0 and stage_4f.loss.box_teacher_min_dice == 0.8
+    assert stage_4f.model.box_decoder_weight == 1.0, "the blend is chosen after training, not trained through"
 
 
 # ----- augmentations ------------------------------------------------------------------------
