@@ -398,7 +398,7 @@ def test_mimo_tiny_trains_a_few_steps_on_real_images(tmp_path, capsys):
               f"step times {[round(r['seconds'], 2) for r in steps]} s (batch 2, first is text only)")
     assert all(np.isfinite(r["loss"]) for r in steps) and (tmp_path / "out" / "final" / "model.safetensors").is_file()
     taught = [r["mask_teacher_loss"] for r in steps if "mask_teacher_loss" in r]
-    assert taught and all(0 <= value < 10 for value in taught), "LiteMedSAM outlines these polyps and lesions: the box teacher teaches"
+    assert taught and all(-1e-6 <= value < 10 for value in taught), "LiteMedSAM outlines these polyps and lesions: the box teacher teaches"
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "out" / "final" / "model.safetensors"), "pt") as weights:
