@@ -47,10 +47,7 @@ class BoxTeacher(nn.Module):
 
     def __init__(self, pretrained_mask_decoder: nn.Module) -> None:
         super().__init__()
-        self.pretrained = pretrained_mask_decoder.requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> BoxTeacher:
-        return super().train(False)  # a teacher never changes, batch norms and dropout included
+        self.pretrained = pretrained_mask_decoder.requires_grad_(False)  # kept in eval mode by the model's frozen parts
 
     @torch.no_grad()
     def teacher_logits(self, grounding: GroundingModel, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

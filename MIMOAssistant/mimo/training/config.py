@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -285,13 +284,13 @@ class TrainConfig:
                 raise ConfigError("model.box_decoder_weight needs model.init_checkpoint (a new model has nothing fine-tuned to blend)")
             if not _is_number(model.box_decoder_weight) or not 0.0 <= model.box_decoder_weight <= 1.0:
                 raise ConfigError(f"model.box_decoder_weight {model.box_decoder_weight!r} must be a number from 0 to 1")
-        for name in ("lm_weight", "bce_weight", "dice_weight", "box_teacher_weight"):
-            value = getattr(self.loss, name)
-            if value is not None and (not _is_number(value) or not 0.0 <= value < math.inf):
-                raise ConfigError(f"loss.{name} {value!r} must be a number of 0 or more (or null)")
-        value = self.loss.box_teacher_min_dice
-        if value is not None and (not _is_number(value) or not 0.0 <= value <= 1.0):
-            raise ConfigError(f"loss.box_teacher_min_dice {value!r} must be a number from 0 to 1 (or null)")
+        from ..modeling.configuration import LossConfig  # here: importing mimo.modeling loads torch
+
+        given = {key: value for key, value in dataclasses.asdict(self.loss).items() if value is not None}
+        try:  # the model configuration's own check, before any model is loaded
+            LossConfig(**given).validate()
+        except MimoError as error:
+            raise ConfigError(f"{error} (or null)") from None
         if model.init_checkpoint is None:
             if model.preset not in ("mimo-tiny", "mimo-7b"):
                 raise ConfigError(f"model.preset {model.preset!r} is not one of mimo-tiny, mimo-7b (or give model.init_checkpoint)")
