@@ -318,6 +318,9 @@ def test_the_shipped_checkpoints_stage_configurations_still_load():
     stage_4f = load_config(stages[0].parent / "phaseK2.json")
     assert stage_4f.loss.box_teacher_weight == 6.0 and stage_4f.loss.box_teacher_min_dice == 0.8
     assert stage_4f.model.box_decoder_weight == 1.0, "the blend is chosen after training, not trained through"
+    stage_4g = load_config(stages[0].parent / "phaseK4.json")
+    assert stage_4g.loss.box_teacher_weight == 6.0 and stage_4g.model.box_decoder_weight == 1.0
+    assert stage_4g.sampling.dataset_max_images == {"busi": 531, "kvasir_seg": 680, "cvc_clinicdb": 414}
 
 
 # ----- augmentations ------------------------------------------------------------------------
