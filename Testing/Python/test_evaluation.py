@@ -188,6 +188,41 @@ def test_box_decoder_weight_is_evaluated_and_recorded_or_refused_with_the_reason
     assert "grounding.weights is null" in capsys.readouterr().err
 
 
+def test_box_margin_loosens_the_comparisons_box_and_is_recorded_or_refused(workspace, tmp_path, capsys):
+    """``--box-margin PX`` grows every comparison's box by PX pixels around the reference mask
+    (clipped to the image), and the report says which margin it used; a negative or absurd
+    margin is refused naming the option."""
+    from PIL import Image
+
+    reference = ReferencePredictor()
+    boxes = {}
+    for margin in ("3", "12.5"):
+        out = tmp_path / margin / "report.json"
+        report = evaluate(eval_args("--model", "reference", "--data", str(workspace / "folder"), "--out", str(out),
+                                    "--split", "all", "--box-margin", margin),
+                          model=reference, litemedsam=reference, log=lambda message: None)
+        assert report["baselines"]["box_margin_px"] == float(margin)
+        assert f"--box-margin {margin}" in report["command"]
+        assert f"+ {margin} px" in out.with_suffix(".md").read_text()
+        boxes[margin] = {c["mask"]: c["box"]["box"] for c in report["comparisons"]}
+    assert boxes["3"].keys() == boxes["12.5"].keys() and len(boxes["3"]) >= 3
+    for mask_file, box in boxes["12.5"].items():
+        mask = np.asarray(Image.open(mask_file)) > 0
+        rows, cols = np.nonzero(mask)
+        height, width = mask.shape
+        assert box == [max(cols.min() - 12.5, 0), max(rows.min() - 12.5, 0),
+                       min(cols.max() + 12.5, width - 1), min(rows.max() + 12.5, height - 1)]
+        tight = boxes["3"][mask_file]
+        assert box[0] <= tight[0] and box[1] <= tight[1] and box[2] >= tight[2] and box[3] >= tight[3] and box != tight
+
+    for bad in ("-1", "nan", "5000"):
+        args = eval_args("--model", "reference", "--data", str(workspace / "folder"), "--out", str(tmp_path / "bad.json"),
+                         "--box-margin", bad)
+        assert run_eval(args) == 2
+        assert "--box-margin must be a number of pixels from 0 to 1000" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_reference_answers_on_open2d_score_perfectly(tmp_path):
     manifest = shared_path("open2d", "manifest.jsonl")
     reference = ReferencePredictor()

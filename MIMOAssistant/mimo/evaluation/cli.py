@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-decoder-weight", type=float, default=None, metavar="W",
                         help="masks answering a box or lasso: W x the fine-tuned decoder + (1 - W) x the pretrained one, "
                              "instead of the checkpoint's setting (choose W on the validation split)")
+    parser.add_argument("--box-margin", type=float, default=3.0, metavar="PX",
+                        help="the comparisons' box: each reference mask's bounding box grown by PX pixels on every side "
+                             "(default 3: a tight box; larger values measure how each system copes with a loose, hand-drawn one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,7 +49,8 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this report, every option spelled out."""
     parts = ["mimo-assistant", "eval", "--model", str(args.model), "--data", str(args.data), "--out", str(args.out),
              "--split", args.split, "--baselines", args.baselines, "--device", args.device,
-             "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)]
+             "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed),
+             "--box-margin", f"{getattr(args, 'box_margin', 3.0):g}"]
     for option in ("max_per_dataset", "datasets", "perspectives", "cache_dir", "box_decoder_weight"):
         value = getattr(args, option, None)
         if value is not None:
@@ -80,6 +85,9 @@ def evaluate(args: argparse.Namespace, model=None, litemedsam=None, log=print) -
     split = None if args.split == "all" else args.split
     if split not in (None, "train", "val", "test"):
         raise MimoError(f"--split must be train, val, test or all, got {args.split!r}")
+    box_margin = getattr(args, "box_margin", 3.0)
+    if not (math.isfinite(box_margin) and 0 <= box_margin <= 1000):
+        raise MimoError(f"--box-margin must be a number of pixels from 0 to 1000, got {box_margin!r}")
     examples = load_examples(data, split, _split_list(args.datasets), args.max_per_dataset, args.seed)
     perspectives = _split_list(args.perspectives)
     if perspectives:
@@ -93,11 +101,11 @@ def evaluate(args: argparse.Namespace, model=None, litemedsam=None, log=print) -
         litemedsam = LiteMedSAMPredictor(args.device)
     log(f"evaluating {len(examples)} samples on {len({e.image for e in examples})} images from {data}")
     result = run_evaluation(examples, model, litemedsam if "litemedsam" in baselines else None, "text" in baselines,
-                            progress=not getattr(args, "no_progress", False), log=log)
+                            box_margin=box_margin, progress=not getattr(args, "no_progress", False), log=log)
     import torch
     import transformers
 
-    comparison = aggregate_comparisons(result.comparisons)
+    comparison = aggregate_comparisons(result.comparisons, box_margin)
     report = {
         "format": "mimo-eval-report",
         "format_version": 1,

@@ -299,7 +299,9 @@ def aggregate(items: Sequence[dict]) -> dict:
     }
 
 
-def aggregate_comparisons(rows: Sequence[dict]) -> dict:
+def aggregate_comparisons(rows: Sequence[dict], box_margin: float = 3.0) -> dict:
+    """Dice and mIoU per system over ``rows`` (scored comparisons), overall and per target,
+    dataset and modality; ``box_margin`` (pixels) is the one the comparisons' boxes were built with."""
     systems = [s for s in SEGMENTATION_SYSTEMS if any(s in r for r in rows)]
 
     def table(selected: Sequence[dict]) -> dict:
@@ -311,4 +313,4 @@ def aggregate_comparisons(rows: Sequence[dict]) -> dict:
     for key in ("target", "dataset", "modality"):
         values = sorted({r[key] for r in rows})
         groups[f"by_{key}"] = {v: table([r for r in rows if r[key] == v]) for v in values}
-    return {"systems": systems, "box_margin_px": 3.0, "overall": table(rows), **groups}
+    return {"systems": systems, "box_margin_px": box_margin, "overall": table(rows), **groups}
