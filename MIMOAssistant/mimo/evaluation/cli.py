@@ -50,7 +50,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["mimo-assistant", "eval", "--model", str(args.model), "--data", str(args.data), "--out", str(args.out),
              "--split", args.split, "--baselines", args.baselines, "--device", args.device,
              "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed),
-             "--box-margin", f"{getattr(args, 'box_margin', 3.0):g}"]
+             "--box-margin", f"{args.box_margin:g}"]
     for option in ("max_per_dataset", "datasets", "perspectives", "cache_dir", "box_decoder_weight"):
         value = getattr(args, option, None)
         if value is not None:
@@ -85,7 +85,7 @@ def evaluate(args: argparse.Namespace, model=None, litemedsam=None, log=print) -
     split = None if args.split == "all" else args.split
     if split not in (None, "train", "val", "test"):
         raise MimoError(f"--split must be train, val, test or all, got {args.split!r}")
-    box_margin = getattr(args, "box_margin", 3.0)
+    box_margin = args.box_margin
     if not (math.isfinite(box_margin) and 0 <= box_margin <= 1000):
         raise MimoError(f"--box-margin must be a number of pixels from 0 to 1000, got {box_margin!r}")
     examples = load_examples(data, split, _split_list(args.datasets), args.max_per_dataset, args.seed)
