@@ -194,6 +194,10 @@ def test_box_margin_loosens_the_comparisons_box_and_is_recorded_or_refused(works
     margin is refused naming the option."""
     from PIL import Image
 
+    from mimo.training.samples import REFERENCE_BOX_MARGIN_PX
+
+    default_args = eval_args("--model", "reference", "--data", str(workspace / "folder"), "--out", str(tmp_path / "d.json"))
+    assert default_args.box_margin == REFERENCE_BOX_MARGIN_PX == 3.0, "the default is the data builder's box margin"
     reference = ReferencePredictor()
     boxes = {}
     for margin in ("3", "12.5"):

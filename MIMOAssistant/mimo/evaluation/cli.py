@@ -39,6 +39,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-decoder-weight", type=float, default=None, metavar="W",
                         help="masks answering a box or lasso: W x the fine-tuned decoder + (1 - W) x the pretrained one, "
                              "instead of the checkpoint's setting (choose W on the validation split)")
+    # mimo.training.samples.REFERENCE_BOX_MARGIN_PX, spelt out: importing it here would load numpy
+    # and the data code at every mimo-assistant start (a test keeps the two equal)
     parser.add_argument("--box-margin", type=float, default=3.0, metavar="PX",
                         help="the comparisons' box: each reference mask's bounding box grown by PX pixels on every side "
                              "(default 3: a tight box; larger values measure how each system copes with a loose, hand-drawn one)")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..prompts import prompt_to_dict
-from ..training.samples import Example, box_around, read_mask
+from ..training.samples import REFERENCE_BOX_MARGIN_PX, Example, box_around, read_mask
 from . import metrics
 
 SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box", "mimo_text_other_term", "reference_other_term")
@@ -64,7 +64,7 @@ class EvalResult:
     timings: dict = field(default_factory=dict)
 
 
-def comparisons_for(examples: Sequence[Example], box_margin: float = 3.0) -> list[Comparison]:
+def comparisons_for(examples: Sequence[Example], box_margin: float = REFERENCE_BOX_MARGIN_PX) -> list[Comparison]:
     """Every distinct (image, reference mask) of ``examples``, as a text and a box turn."""
     seen: set[tuple[str, str]] = set()
     result = []
@@ -176,7 +176,7 @@ def run_evaluation(
     model,
     litemedsam=None,
     text_baseline: bool = True,
-    box_margin: float = 3.0,
+    box_margin: float = REFERENCE_BOX_MARGIN_PX,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> EvalResult:
@@ -299,7 +299,7 @@ def aggregate(items: Sequence[dict]) -> dict:
     }
 
 
-def aggregate_comparisons(rows: Sequence[dict], box_margin: float = 3.0) -> dict:
+def aggregate_comparisons(rows: Sequence[dict], box_margin: float = REFERENCE_BOX_MARGIN_PX) -> dict:
     """Dice and mIoU per system over ``rows`` (scored comparisons), overall and per target,
     dataset and modality; ``box_margin`` (pixels) is the one the comparisons' boxes were built with."""
     systems = [s for s in SEGMENTATION_SYSTEMS if any(s in r for r in rows)]

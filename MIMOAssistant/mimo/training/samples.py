@@ -306,7 +306,12 @@ def load_folder(folder: str | Path, split: str | None = None) -> list[Example]:
 # ----- open2d manifests ----------------------------------------------------------------------
 
 
-def box_around(mask: np.ndarray, margin: float = 3.0) -> BoxPrompt:
+#: Pixels a reference box prompt extends beyond its mask's bounding box on every side: the box
+#: prompts built from masks for training (before jitter) and the evaluation's comparisons.
+REFERENCE_BOX_MARGIN_PX = 3.0
+
+
+def box_around(mask: np.ndarray, margin: float = REFERENCE_BOX_MARGIN_PX) -> BoxPrompt:
     rows, cols = np.nonzero(mask)
     height, width = mask.shape
     return BoxPrompt(
@@ -369,7 +374,7 @@ def _is_normal(findings: dict) -> bool:
 
 
 def manifest_examples(
-    records: Sequence[dict], root: Path, split: str | None, box_margin: float = 3.0, vocabulary: Sequence[dict] | None = None
+    records: Sequence[dict], root: Path, split: str | None, box_margin: float = REFERENCE_BOX_MARGIN_PX, vocabulary: Sequence[dict] | None = None
 ) -> list[Example]:
     """Samples of every perspective built from manifest records (see the module docstring).
 
@@ -522,7 +527,7 @@ def load_examples(
     return cap_images_per_dataset(examples, max_images_per_dataset, seed, prefer, dataset_max_images)
 
 
-def box_seg_variants(examples: Sequence[Example], box_margin: float = 3.0) -> list[Example]:
+def box_seg_variants(examples: Sequence[Example], box_margin: float = REFERENCE_BOX_MARGIN_PX) -> list[Example]:
     """A box-prompted "Segment the X." turn for every single-target text_seg example.
 
     Data-builder folders have no box_seg perspective (a box with a naming question is
