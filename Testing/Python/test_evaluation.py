@@ -124,10 +124,18 @@ def check_report(out, datasets: set[str]) -> dict:
     baselines = report["baselines"]
     assert baselines["systems"] == ["mimo_box", "mimo_text", "litemedsam_box"]
     assert set(baselines["by_dataset"]) == datasets and baselines["by_target"]
-    numbers = list(walk_numbers(metrics_)) + list(walk_numbers(baselines))
+    differences = baselines["differences"]["mimo_box - litemedsam_box"]
+    numbers = list(walk_numbers(metrics_)) + list(walk_numbers({k: v for k, v in baselines.items() if k != "differences"}))
     assert numbers and all(0.0 <= value <= 1.0 for path, value in numbers if not path.endswith("box_margin_px")), numbers
+    # the paired difference on the same masks is the difference of the two systems' means
+    assert set(differences["by_dataset"]) == datasets
+    for dataset, difference in differences["by_dataset"].items():
+        table = baselines["by_dataset"][dataset]
+        assert difference["n"] == table["mimo_box"]["n"] == table["litemedsam_box"]["n"]
+        assert difference["mean"] == pytest.approx(table["mimo_box"]["dice"] - table["litemedsam_box"]["dice"], abs=2e-4)
     markdown = out.with_suffix(".md").read_text()
     assert "LiteMedSAM + box Dice" in markdown and "MIMO, text only Dice" in markdown and "report.png" in markdown
+    assert "MIMO + box minus LiteMedSAM + box, Dice on the same masks" in markdown and "| verdict |" in markdown
     return report
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import differences
+
 PERSPECTIVE_COLUMNS = (
     ("n", "samples"),
     ("dice", "Dice"),
@@ -56,6 +58,23 @@ def _comparison_table(comparison: dict, key: str, label: str) -> list[str]:
     return lines + [""]
 
 
+def _difference_tables(comparison: dict) -> list[str]:
+    lines = []
+    for pair, sections in comparison.get("differences", {}).items():
+        first, second = pair.split(" - ")
+        lines += [f"### {SYSTEM_NAMES.get(first, first)} minus {SYSTEM_NAMES.get(second, second)}, Dice on the same masks", "",
+                  (f"Mean paired difference and its {100 * differences.CONFIDENCE:g} % bootstrap interval, resampling whole image "
+                   f"groups (patients, videos, near-duplicates); no interval with fewer than {differences.MIN_GROUPS} groups."), ""]
+        for key, label in (("by_dataset", "dataset"), ("by_target", "target")):
+            lines += [f"| {label} | masks | groups | mean difference | {100 * differences.CONFIDENCE:g} % interval | verdict |", "|---|---|---|---|---|---|"]
+            rows = ([("all", sections["overall"])] if sections.get("overall") else []) + list(sections.get(key, {}).items())
+            for name, d in rows:
+                interval = f"{d['low']:+.3f} .. {d['high']:+.3f}" if d["low"] is not None else "-"
+                lines.append(f"| {name} | {d['n']} | {d['groups']} | {d['mean']:+.3f} | {interval} | {d['verdict']} |")
+            lines.append("")
+    return lines
+
+
 def markdown(report: dict) -> str:
     model, data = report["model"], report["data"]
     lines = [
@@ -87,6 +106,7 @@ def markdown(report: dict) -> str:
             "### Dice per dataset",
             "",
             *_comparison_table(comparison, "by_dataset", "dataset"),
+            *_difference_tables(comparison),
         ]
         if report.get("chart"):
             lines += [f"![Dice per target]({Path(report['chart']).name})", ""]

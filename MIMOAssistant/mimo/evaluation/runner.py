@@ -25,6 +25,10 @@ samples, with the same box (the mask's bounding box + 3 pixels) for everyone:
   inside the lungs), so that the model's number can be read against it.
 
 Identical turns are answered once (a manifest's box_seg samples are the mimo_box turns).
+
+Beside the means, ``differences`` gives MIMO's box Dice minus LiteMedSAM's on the same masks
+with a confidence interval that resamples image groups (:mod:`.differences`): whether a gap is
+larger than the noise of the masks and videos it was measured on.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ import numpy as np
 from ..prompts import prompt_to_dict
 from ..training.samples import REFERENCE_BOX_MARGIN_PX, Example, box_around, read_mask
 from . import metrics
+from .differences import paired_difference
 
 SEGMENTATION_SYSTEMS = ("mimo_box", "mimo_text", "litemedsam_box", "mimo_text_other_term", "reference_other_term")
+PAIRED_DIFFERENCES = (("mimo_box", "litemedsam_box"),)
+"""(system, baseline) pairs whose per-mask Dice difference the report gives with an interval."""
 
 
 @dataclass
@@ -208,7 +215,7 @@ def run_evaluation(
         for comparison in compared:
             reference = read_mask(comparison.mask_file)
             row = {"dataset": comparison.box.dataset, "modality": comparison.box.modality, "target": comparison.target,
-                   "image": image, "mask": comparison.mask_file, "box": prompt_to_dict(comparison.box.prompts[0])}
+                   "image": image, "group": comparison.box.group or image, "mask": comparison.mask_file, "box": prompt_to_dict(comparison.box.prompts[0])}
             systems = [("mimo_box", ask_model, comparison.box)]
             if text_baseline:
                 systems.append(("mimo_text", ask_model, comparison.text))
@@ -309,8 +316,25 @@ def aggregate_comparisons(rows: Sequence[dict], box_margin: float = REFERENCE_BO
                     "dice": metrics.mean([r[s]["dice"] for r in selected if s in r]),
                     "miou": metrics.mean([r[s]["iou"] for r in selected if s in r])} for s in systems}
 
+    def difference(selected: Sequence[dict], first: str, second: str) -> dict | None:
+        paired = [r for r in selected if first in r and second in r]
+        if not paired:
+            return None
+        # rows of reports written before groups were recorded count each image as its own group
+        return paired_difference([r[first]["dice"] for r in paired], [r[second]["dice"] for r in paired],
+                                 [r.get("group") or r["image"] for r in paired])
+
     groups = {}
     for key in ("target", "dataset", "modality"):
         values = sorted({r[key] for r in rows})
         groups[f"by_{key}"] = {v: table([r for r in rows if r[key] == v]) for v in values}
-    return {"systems": systems, "box_margin_px": box_margin, "overall": table(rows), **groups}
+    differences = {}
+    for first, second in PAIRED_DIFFERENCES:
+        if first in systems and second in systems:
+            differences[f"{first} - {second}"] = {
+                "overall": difference(rows, first, second),
+                **{f"by_{key}": {v: d for v in sorted({r[key] for r in rows})
+                                 if (d := difference([r for r in rows if r[key] == v], first, second)) is not None}
+                   for key in ("target", "dataset")},
+            }
+    return {"systems": systems, "box_margin_px": box_margin, "overall": table(rows), **groups, "differences": differences}
