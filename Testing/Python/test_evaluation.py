@@ -235,6 +235,28 @@ def test_box_margin_loosens_the_comparisons_box_and_is_recorded_or_refused(works
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_several_splits_are_evaluated_together_and_a_bad_split_is_refused(workspace, tmp_path, capsys):
+    """``--split val,test`` evaluates everything held out in one report: the union of the two
+    splits' samples, each image once; a repeated or unknown split is refused naming the option."""
+    reference = ReferencePredictor()
+    images = {}
+    for split in ("val", "test", "val,test"):
+        out = tmp_path / split / "report.json"
+        report = evaluate(eval_args("--model", "reference", "--data", str(workspace / "folder"), "--out", str(out), "--split", split),
+                          model=reference, litemedsam=reference, log=lambda message: None)
+        assert report["data"]["split"] == split and f"--split {split}" in report["command"]
+        images[split] = ({row["image"] for row in report["comparisons"]}, {item["id"] for item in report["items"]})
+    (val_images, val_ids), (test_images, test_ids) = images["val"], images["test"]
+    assert val_images and test_images and not val_images & test_images
+    assert images["val,test"] == (val_images | test_images, val_ids | test_ids)
+
+    for bad in ("val,val", "vals", "val,all", ","):
+        args = eval_args("--model", "reference", "--data", str(workspace / "folder"), "--out", str(tmp_path / "bad.json"), "--split", bad)
+        assert run_eval(args) == 2
+        assert f"--split must be train, val, test (or several of them, comma-separated, each once) or all, got {bad!r}" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_reference_answers_on_open2d_score_perfectly(tmp_path):
     manifest = shared_path("open2d", "manifest.jsonl")
     reference = ReferencePredictor()

@@ -1,7 +1,7 @@
 """``mimo-assistant eval --model PATH --data FOLDER_OR_MANIFEST --out report.json``.
 
     mimo-assistant eval --model runs/mimo-tiny-cpu/final --data ../shared/data/open2d/manifest.jsonl \\
-        --out reports/mimo-tiny/report.json [--split test] [--max-per-dataset 20] [--datasets busi,kvasir_seg]
+        --out reports/mimo-tiny/report.json [--split test | val,test] [--max-per-dataset 20] [--datasets busi,kvasir_seg]
         [--perspectives text_seg,box_seg] [--baselines litemedsam,text | none] [--cache-dir DIR] [--device auto]
 
 Writes ``report.json``, ``report.md`` and ``report.png`` (Dice per target, model vs baselines).
@@ -26,8 +26,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="MIMO checkpoint folder (e.g. OUTPUT/final of mimo-assistant train)")
     parser.add_argument("--data", required=True, help="data-builder folder (samples.jsonl) or an open2d-format manifest.jsonl")
     parser.add_argument("--out", required=True, help="report.json to write (report.md and report.png go beside it)")
-    parser.add_argument("--split", default="test", help="train, val, test or all (default test; manifests: split by id hash)")
-    parser.add_argument("--max-per-dataset", type=int, default=None, metavar="N", help="at most N images per dataset (a fixed choice)")
+    parser.add_argument("--split", default="test", help="train, val, test, several comma-separated (val,test: everything held out) "
+                                                      "or all (default test; manifests: split by id hash)")
+    parser.add_argument("--max-per-dataset", type=int, default=None, metavar="N",
+                        help="at most N images per dataset (a fixed choice; with several splits, N from each)")
     parser.add_argument("--datasets", help="comma-separated datasets to keep (default all)")
     parser.add_argument("--perspectives", help="comma-separated perspectives to keep (default all)")
     parser.add_argument("--baselines", default="litemedsam,text",
@@ -84,13 +86,13 @@ def evaluate(args: argparse.Namespace, model=None, litemedsam=None, log=print) -
     if baselines - set(BASELINES) - {"none"}:
         raise MimoError(f"--baselines takes {', '.join(BASELINES)} or none, got {args.baselines!r}")
     data = Path(args.data)
-    split = None if args.split == "all" else args.split
-    if split not in (None, "train", "val", "test"):
-        raise MimoError(f"--split must be train, val, test or all, got {args.split!r}")
+    splits = [None] if args.split == "all" else _split_list(args.split)
+    if not splits or any(s not in (None, "train", "val", "test") for s in splits) or len(set(splits)) < len(splits):
+        raise MimoError(f"--split must be train, val, test (or several of them, comma-separated, each once) or all, got {args.split!r}")
     box_margin = args.box_margin
     if not (math.isfinite(box_margin) and 0 <= box_margin <= 1000):
         raise MimoError(f"--box-margin must be a number of pixels from 0 to 1000, got {box_margin!r}")
-    examples = load_examples(data, split, _split_list(args.datasets), args.max_per_dataset, args.seed)
+    examples = [e for split in splits for e in load_examples(data, split, _split_list(args.datasets), args.max_per_dataset, args.seed)]
     perspectives = _split_list(args.perspectives)
     if perspectives:
         examples = [e for e in examples if e.perspective in perspectives]
