@@ -57,3 +57,9 @@ def test_too_few_groups_give_no_interval_and_say_so():
 def test_bad_input_is_refused_with_the_reason(first, second, groups, message):
     with pytest.raises(ValueError, match=message):
         paired_difference(first, second, groups)
+
+
+def test_the_report_prints_an_interval_end_just_above_zero_with_its_sign():
+    from mimo.evaluation.report import signed
+
+    assert [signed(v) for v in (0.0097, 0.0001, -0.0004, 0.0, -0.063)] == ["+0.010", "+0.0001", "-0.0004", "+0.000", "-0.063"]

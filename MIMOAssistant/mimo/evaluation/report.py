@@ -58,6 +58,12 @@ def _comparison_table(comparison: dict, key: str, label: str) -> list[str]:
     return lines + [""]
 
 
+def signed(value: float) -> str:
+    """A difference with its sign, to 3 decimals, or 4 where 3 would print a nonzero one as
+    +0.000 (an interval end just above zero must not read as zero beside "higher")."""
+    return f"{value:+.3f}" if value == 0 or abs(value) >= 0.0005 else f"{value:+.4f}"
+
+
 def _difference_tables(comparison: dict) -> list[str]:
     lines = []
     for pair, sections in comparison.get("differences", {}).items():
@@ -69,8 +75,8 @@ def _difference_tables(comparison: dict) -> list[str]:
             lines += [f"| {label} | masks | groups | mean difference | {100 * differences.CONFIDENCE:g} % interval | verdict |", "|---|---|---|---|---|---|"]
             rows = ([("all", sections["overall"])] if sections.get("overall") else []) + list(sections.get(key, {}).items())
             for name, d in rows:
-                interval = f"{d['low']:+.3f} .. {d['high']:+.3f}" if d["low"] is not None else "-"
-                lines.append(f"| {name} | {d['n']} | {d['groups']} | {d['mean']:+.3f} | {interval} | {d['verdict']} |")
+                interval = f"{signed(d['low'])} .. {signed(d['high'])}" if d["low"] is not None else "-"
+                lines.append(f"| {name} | {d['n']} | {d['groups']} | {signed(d['mean'])} | {interval} | {d['verdict']} |")
             lines.append("")
     return lines
 
