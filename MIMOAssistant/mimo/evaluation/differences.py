@@ -49,12 +49,9 @@ def paired_difference(first: Sequence[float], second: Sequence[float], groups: S
               "low": None, "high": None, "verdict": "too few groups"}
     if names.size < MIN_GROUPS:
         return result
-    if np.ptp(differences) == 0:
-        low = high = float(differences[0])
-    else:
-        interval = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis=axis) / c.sum(axis=axis), paired=True,
-                             vectorized=True, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
-                             random_state=np.random.default_rng(SEED)).confidence_interval
-        low, high = float(interval.low), float(interval.high)
+    interval = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis=axis) / c.sum(axis=axis), paired=True,
+                         vectorized=True, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
+                         random_state=np.random.default_rng(SEED)).confidence_interval
+    low, high = float(interval.low), float(interval.high)
     verdict = "higher" if low > 0 else "lower" if high < 0 else "not distinguishable"
     return {**result, "low": round(low, 4), "high": round(high, 4), "verdict": verdict}

@@ -324,17 +324,17 @@ def aggregate_comparisons(rows: Sequence[dict], box_margin: float = REFERENCE_BO
         return paired_difference([r[first]["dice"] for r in paired], [r[second]["dice"] for r in paired],
                                  [r.get("group") or r["image"] for r in paired])
 
-    groups = {}
-    for key in ("target", "dataset", "modality"):
-        values = sorted({r[key] for r in rows})
-        groups[f"by_{key}"] = {v: table([r for r in rows if r[key] == v]) for v in values}
+    partitions: dict[str, dict[str, list[dict]]] = {key: defaultdict(list) for key in ("target", "dataset", "modality")}
+    for row in rows:
+        for key, partition in partitions.items():
+            partition[row[key]].append(row)
+    groups = {f"by_{key}": {v: table(partition[v]) for v in sorted(partition)} for key, partition in partitions.items()}
     differences = {}
     for first, second in PAIRED_DIFFERENCES:
         if first in systems and second in systems:
             differences[f"{first} - {second}"] = {
                 "overall": difference(rows, first, second),
-                **{f"by_{key}": {v: d for v in sorted({r[key] for r in rows})
-                                 if (d := difference([r for r in rows if r[key] == v], first, second)) is not None}
+                **{f"by_{key}": {v: d for v in sorted(partitions[key]) if (d := difference(partitions[key][v], first, second)) is not None}
                    for key in ("target", "dataset")},
             }
     return {"systems": systems, "box_margin_px": box_margin, "overall": table(rows), **groups, "differences": differences}
