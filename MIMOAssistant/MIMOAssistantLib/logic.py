@@ -461,7 +461,8 @@ class MIMOAssistantLogic:
             )
         user = chat.userEntry(request.question, request.view)
         user["volumeNodeID"] = request.volumeNodeID
-        self.transcript += [user, chat.assistantEntry(answer.text, spans, outcome.backend, outcome.latency, answer.extra.get("caution"))]
+        self.transcript += [user, chat.assistantEntry(answer.text, spans, outcome.backend, outcome.latency, answer.extra.get("caution"),
+                                                  answer.extra.get("confidence"), bool(answer.extra.get("abstained")))]
         self.history += [Message("user", request.question), Message("assistant", answer.text)]
         nodeID = segmentationNode.GetID() if segmentationNode is not None else ""
         self.turns.append(TurnRecord(request.question, answer, nodeID, list(segmentIds), created, modified, request.volumeNodeID))

@@ -132,6 +132,8 @@ def run_ask(args: argparse.Namespace) -> dict:
     return {
         "answer": result.answer.text,
         "caution": result.answer.extra.get("caution"),
+        "confidence": result.answer.extra.get("confidence"),
+        "abstained": bool(result.answer.extra.get("abstained", False)),
         "spans": [span.to_dict() for span in result.answer.spans],
         "segments": [segment.to_dict() for segment in result.segments],
         "slice": {"axis": geometry.axis, "index": geometry.index, "size": list(geometry.shape)},
@@ -227,6 +229,8 @@ def _embedded_mimo() -> str | None:
 
 def _print_human(report: dict) -> None:
     print(report["answer"])
+    if report.get("confidence") is not None:
+        print(f"Confidence: {report['confidence']:.2f}" + (" (the model withheld a name or mask it was unsure of)" if report.get("abstained") else ""))
     if report.get("caution"):
         print(f"Caution: {report['caution']}")
     for segment in report["segments"]:
@@ -245,13 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench_arguments(commands.add_parser("bench", help="print timings of the backends on one image and prompt"))
     from .data.cli import add_data_arguments
     from .evaluation.cli import add_eval_arguments
+    from .evaluation.open_world_cli import add_eval_open_arguments
     from .training.cli import add_train_arguments
+    from .training.understanding import add_understand_arguments
 
     data = commands.add_parser("data", help="build instruction data (MIMO perspectives) from segmentation data")
     add_data_arguments(data.add_subparsers(dest="data_command", required=True).add_parser(
         "build", help="manifests + labelled volumes -> samples.jsonl + datasheet"))
     add_train_arguments(commands.add_parser("train", help="train a MIMO model from a JSON/YAML configuration"))
     add_eval_arguments(commands.add_parser("eval", help="evaluate a MIMO checkpoint with baselines; writes report.json, .md and .png"))
+    add_understand_arguments(commands.add_parser(
+        "understand", help="give a checkpoint its request reader and familiarity index (thresholds chosen on validation data)"))
+    add_eval_open_arguments(commands.add_parser(
+        "eval-open", help="open-world report: phrasing families, synonyms, naming on unseen datasets, abstentions"))
     demo = commands.add_parser("demo", help="run the assistant on an embedded sample image")
     demo.add_argument("--out-dir", default="mimo-demo", help="folder for the outputs (default ./mimo-demo)")
     demo.add_argument("--backend", help="litemedsam or mimo (default as for ask)")
@@ -271,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluation.cli import run_eval
 
         return run_eval(args)
+    if args.command == "understand":
+        from .training.understanding import main as run_understand
+
+        return run_understand(args)
+    if args.command == "eval-open":
+        from .evaluation.open_world_cli import main as run_eval_open
+
+        return run_eval_open(args)
     try:
         if args.command == "ask":
             report = run_ask(args)

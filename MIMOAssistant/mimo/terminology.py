@@ -504,6 +504,14 @@ class Terminology:
                 return e
         return None
 
+    def same_concept(self, first: str, second: str) -> bool:
+        """True when two terms name the same structure: the same codes where the table knows
+        both ("gall bladder" and "gallbladder"), else the same normalised words."""
+        a, b = self.find(first), self.find(second)
+        if a is not None and b is not None:
+            return a.same_codes(b)
+        return normalize_term(first) == normalize_term(second)
+
     def find_terms(self, text: str) -> list[tuple[int, int, TerminologyEntry]]:
         """Known terms mentioned in ``text`` as ``(start, end, entry)`` character spans.
 

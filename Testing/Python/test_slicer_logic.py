@@ -992,6 +992,19 @@ def test_an_answers_caution_is_shown_under_it_escaped_and_kept_with_the_scene():
     assert "&#9888;" not in chat.renderHtml([chat.assistantEntry("The liver is shown.", [], "mimo", 1.0)])
 
 
+def test_an_answers_confidence_and_abstention_are_shown_and_kept_with_the_scene():
+    """A text model's confidence (Answer.extra["confidence"]) and a withheld name or mask
+    (extra["abstained"]) show beside the answer and survive saving the conversation."""
+    sure = chat.assistantEntry("The polyp is shown.", [], "mimo", 0.4, None, 0.9712, False)
+    unsure = chat.assistantEntry("I can't identify this structure with confidence.", [], "mimo", 0.4, None, 0.31, True)
+    html = chat.renderHtml([sure, unsure])
+    assert "confidence 0.97" in html and "confidence 0.31, unsure: withheld" in html
+    assert html.count("unsure: withheld") == 1
+    restored = chat.fromJSON(chat.toJSON([sure, unsure]))
+    assert [e["confidence"] for e in restored] == [0.9712, 0.31] and restored[1]["abstained"] is True
+    assert "confidence" not in chat.assistantEntry("Done.", [], "litemedsam", 0.2)
+
+
 def test_conversation_is_saved_with_the_scene_and_restored(slicer_scene, litemedsam, tmp_path):
     """Write the scene as a Slicer data bundle (.mrb), load it into a fresh scene: the chat,
     its grounded links and the engine's conversation context come back."""

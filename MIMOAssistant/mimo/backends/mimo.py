@@ -97,12 +97,14 @@ class MimoBackend(Backend):
         if model_path is None:
             raise BackendError("the mimo backend needs a model: the path of a MIMO checkpoint directory")
         from ..modeling import load_mimo
+        from ..modeling.answering import GroundedAnswerer
         from ..models.litemedsam import resolve_device
 
         self.device = resolve_device(device)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model_path = Path(model_path)
         self.model, self.processor = load_mimo(self.model_path, device=self.device, dtype=dtype, **weight_paths)
+        self.answerer = GroundedAnswerer.from_checkpoint(self.model_path, self.model, self.processor)
         self.max_new_tokens = max_new_tokens
         self.caution = TextGroundingCaution.from_model_card(self.model.config.model_card)
 
@@ -123,7 +125,6 @@ class MimoBackend(Backend):
         return _EncodedSlice(inputs.geometry, features, time.perf_counter() - start)
 
     def _answer(self, image: SliceImage, state: _EncodedSlice, turn: Turn, progress: ProgressCallback, cancel: threading.Event | None) -> Answer:
-        inputs = self.processor(state.geometry, turn.question, turn.prompts, turn.history)
         produced = [0]
 
         def on_token(_token_id: int) -> None:
@@ -131,24 +132,14 @@ class MimoBackend(Backend):
             progress("generate", min(produced[0] / self.max_new_tokens, 1.0))
 
         progress("generate", 0.0)
-        generation = self.model.generate(
-            **inputs, image_features=state.features, max_new_tokens=self.max_new_tokens, on_token=on_token, cancel=cancel
-        )
-        if generation.stop_reason == "cancelled":
+        answer = self.answerer.answer(state.features, state.geometry, turn.question, turn.prompts, turn.history,
+                                      max_new_tokens=self.max_new_tokens, on_token=on_token, cancel=cancel)
+        if answer.extra["stop_reason"] == "cancelled":
             raise Cancelled("the turn was cancelled")
         check_cancel(cancel)
         progress("decode_masks", 1.0)
-        timings = {
-            "encode_s": 0.0 if state.answered else state.encode_seconds,
-            "generate_s": generation.timings["generate_s"],
-            "decode_masks_s": generation.timings["decode_masks_s"],
-        }
-        answer = self.processor.to_answer(generation.token_ids, generation.mask_logits, state.geometry, timings)
-        answer.extra.update(
-            new_tokens=int(generation.timings["new_tokens"]),
-            stop_reason=generation.stop_reason,
-            image_embedding_cached=state.answered,
-        )
+        answer.timings["encode_s"] = 0.0 if state.answered else state.encode_seconds
+        answer.extra.update(new_tokens=produced[0], image_embedding_cached=state.answered)
         if self.caution is not None and self.caution.applies(image, turn, answer):
             answer.extra["caution"] = self.caution.message
         state.answered = True

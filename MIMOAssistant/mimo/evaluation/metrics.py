@@ -76,13 +76,9 @@ def false_mask(masks: Iterable[np.ndarray]) -> bool:
 
 
 def same_structure(term: str, target: str, terminology=None) -> bool:
-    from ..terminology import Terminology, normalize_term
+    from ..terminology import Terminology
 
-    terminology = terminology or Terminology.default()
-    a, b = terminology.find(term), terminology.find(target)
-    if a is not None and b is not None:
-        return a.same_codes(b)
-    return normalize_term(term) == normalize_term(target)
+    return (terminology or Terminology.default()).same_concept(term, target)
 
 
 def named_terms(text: str, grounded: Sequence[str], terminology=None) -> list[str]:

@@ -66,6 +66,9 @@ class MimoPredictor:
         self.model, self.processor = load_mimo(self.model_path, device=self.device, dtype=self.dtype)
         if box_decoder_weight is not None:
             self.model.set_box_decoder_weight(box_decoder_weight)
+        from ..modeling.answering import GroundedAnswerer
+
+        self.answerer = GroundedAnswerer.from_checkpoint(self.model_path, self.model, self.processor)
         self.max_new_tokens = max_new_tokens
         self.cache = FeatureCache(self.model, self.processor, cache_dir, dtype=torch.float16 if cache_dir else torch.float32,
                                   enabled=cache_dir is not None, memory_items=2)
@@ -102,12 +105,11 @@ class MimoPredictor:
             self._refine_pixels = (example.image, self.processor.refine_pixels(example.load_image(), entry.geometry))
         features = stack_features([entry], self.device, self.dtype, self._refine_pixels[1])
         start = time.perf_counter()
-        inputs = self.processor(entry.geometry, example.question, example.prompts, example.history)
         with torch.inference_mode():
-            generation = self.model.generate(**inputs, image_features=features, max_new_tokens=self.max_new_tokens)
-        answer = self.processor.to_answer(generation.token_ids, generation.mask_logits, entry.geometry)
-        return Prediction(answer.text, [s.term for s in answer.spans], answer.masks, time.perf_counter() - start,
-                          {"stop_reason": generation.stop_reason})
+            answer = self.answerer.answer(features, entry.geometry, example.question, example.prompts, example.history,
+                                          max_new_tokens=self.max_new_tokens)
+        extra = {key: answer.extra[key] for key in ("stop_reason", "confidence", "abstained", "request") if key in answer.extra}
+        return Prediction(answer.text, [s.term for s in answer.spans], answer.masks, time.perf_counter() - start, extra)
 
 
 class LiteMedSAMPredictor:

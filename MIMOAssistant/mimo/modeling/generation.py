@@ -3,7 +3,9 @@
 The loop is MIMO's own rather than ``LM.generate`` because MIMO needs the last hidden state at
 every ``<SEG>`` the model writes, which is only computed when that token is fed back: each
 generated token is fed once (the KV cache makes that one token's worth of work), and the hidden
-state of each ``<SEG>`` is kept. Generation stops at an end-of-sequence token, at
+state of each ``<SEG>`` is kept. ``forced_token_ids`` are written first, whatever the model
+would choose (constrained decoding: the answer starts with the term the user asked for), and the
+probability the model gave each written token is recorded. Generation stops at an end-of-sequence token, at
 ``max_new_tokens`` or when ``cancel`` is set; which of the three is reported.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,7 @@ class TokenGeneration:
     token_ids: list[int]
     seg_hidden_states: torch.Tensor  # (K, H), one row per generated <SEG>
     stop_reason: str  # "eos", "max_new_tokens" or "cancelled"
+    probabilities: list[float]  # the model's probability of each written token (forced ones included)
 
 
 def next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
@@ -52,6 +55,7 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     on_token: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
+    forced_token_ids: Sequence[int] = (),
 ) -> TokenGeneration:
     """Generate after a prompt of embeddings (batch of one)."""
     from transformers import DynamicCache
@@ -59,6 +63,7 @@ def generate_tokens(
     cache = {_cache_keyword(language_model): DynamicCache(config=language_model.config)}  # filled in place by each call
     outputs = language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=True, output_hidden_states=True, **cache)
     tokens: list[int] = []
+    probabilities: list[float] = []
     seg_states: list[torch.Tensor] = []
     stop_reason = "max_new_tokens"
     for step in range(max_new_tokens):
@@ -67,11 +72,12 @@ def generate_tokens(
             break
         logits = outputs.logits[0, -1].clone()
         logits[suppressed_token_ids] = float("-inf")
-        token = next_token(logits, do_sample, temperature, top_p, generator)
+        token = int(forced_token_ids[step]) if step < len(forced_token_ids) else next_token(logits, do_sample, temperature, top_p, generator)
         if token in stop_token_ids:
             stop_reason = "eos"
             break
         tokens.append(token)
+        probabilities.append(float(torch.softmax(logits.float(), dim=-1)[token]))
         if on_token is not None:
             on_token(token)
         if step == max_new_tokens - 1 and token != seg_token_id:
@@ -88,7 +94,7 @@ def generate_tokens(
             seg_states.append(outputs.hidden_states[-1][0, -1])
     hidden_size = inputs_embeds.shape[-1]
     states = torch.stack(seg_states) if seg_states else inputs_embeds.new_zeros((0, hidden_size))
-    return TokenGeneration(tokens, states, stop_reason)
+    return TokenGeneration(tokens, states, stop_reason, probabilities)
 
 
 def _cache_keyword(language_model: nn.Module) -> str:

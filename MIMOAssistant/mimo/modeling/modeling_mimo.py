@@ -84,6 +84,8 @@ class MimoGeneration:
     mask_logits: torch.Tensor  # (K, m, m), one per generated <SEG>
     stop_reason: str
     timings: dict[str, float]
+    token_probabilities: list[float] | None = None
+    """The model's probability of each token in ``token_ids``."""
 
 
 class MimoForConditionalGeneration(nn.Module):
@@ -412,11 +414,13 @@ class MimoForConditionalGeneration(nn.Module):
         generator: torch.Generator | None = None,
         on_token: Callable[[int], None] | None = None,
         cancel: threading.Event | None = None,
+        forced_token_ids: list[int] | tuple[int, ...] = (),
     ) -> MimoGeneration:
         """Answer one turn (batch of one): generated token ids and one mask per ``<SEG>``.
 
         ``on_token(token_id)`` is called for every token as it is generated (see
-        :meth:`MimoProcessor.text_streamer`); ``cancel`` stops generation at the next token.
+        :meth:`MimoProcessor.text_streamer`); ``cancel`` stops generation at the next token;
+        ``forced_token_ids`` start the answer (see :func:`.generation.generate_tokens`).
         Keyword arguments other than the inputs follow transformers' ``generate``.
         """
         if input_ids.shape[0] != 1:
@@ -442,6 +446,7 @@ class MimoForConditionalGeneration(nn.Module):
             generator=generator,
             on_token=on_token,
             cancel=cancel,
+            forced_token_ids=forced_token_ids,
         )
         generated = time.perf_counter()
         count = tokens.seg_hidden_states.shape[0]
@@ -455,7 +460,7 @@ class MimoForConditionalGeneration(nn.Module):
             "decode_masks_s": time.perf_counter() - generated,
             "new_tokens": float(len(tokens.token_ids)),
         }
-        return MimoGeneration(tokens.token_ids, mask_logits.float(), tokens.stop_reason, timings)
+        return MimoGeneration(tokens.token_ids, mask_logits.float(), tokens.stop_reason, timings, tokens.probabilities)
 
     def _unwritable_token_ids(self) -> set[int]:
         """Placeholders and the start of sequence never belong in an answer."""
