@@ -6,7 +6,7 @@ never used for training.  They exist for ``mimo-assistant eval``, which uses
 them to measure how well the model copes with ways of asking that it has not
 seen during training.  A test keeps them disjoint from the training grammar,
 so any phrasing that turns out to collide with a training template must be
-removed or reworded here rather than added to training (ten short ones that
+removed or reworded here rather than added to training (eleven short ones that
 the grammar also produces were removed).
 
 Placeholders:
@@ -357,7 +357,6 @@ MODALITY_QUESTIONS: tuple[str, ...] = (
     "Tell me the modality of the current image.",
     "Is this an endoscopy frame or something else?",
     "What imaging type would you say this is?",
-    "Which modality, please?",
     "Could you classify this image by modality?",
 )
 
