@@ -6,7 +6,7 @@ never used for training.  They exist for ``mimo-assistant eval``, which uses
 them to measure how well the model copes with ways of asking that it has not
 seen during training.  A test keeps them disjoint from the training grammar,
 so any phrasing that turns out to collide with a training template must be
-removed or reworded here rather than added to training (eleven short ones that
+removed or reworded here rather than added to training (thirteen short ones that
 the grammar also produces were removed).
 
 Placeholders:
@@ -55,10 +55,8 @@ SEGMENT_FAMILIES: dict[str, tuple[str, ...]] = {
         "{target} mask",
         "seg {target}",
         "{target} outline pls",
-        "contour: {target}",
         "{target} -> segment",
         "delineate {target} now",
-        "trace {target}",
         "{target}, outline",
         "mark {target} on {modality}",
         "need {target} seg",

@@ -17,7 +17,10 @@ bladder" -> "gallbladder"), or, for a name the terminology table does not know a
 its own, one the sentence encoder places next to a known name (cosine similarity at least
 ``similarity_threshold``: "lung fields" -> "lungs") or a near spelling ("plyp" -> "polyp"),
 provided both say the same side, level and number and the typed name does not merely add words
-to the known one ("kidney stone" is not the kidney). Sentence similarity alone would swap
+to the known one ("kidney stone" is not the kidney). A name made of modifiers in front of a known
+name of the same side and level is a kind of it ("colorectal polyp" -> "polyp"), grounded as the
+known one. A tagged name that resolves to nothing is tried again as the phrase around it (the
+tagger may stop at a word it has not seen: "breast" of "breast lump"). Sentence similarity alone would swap
 distinct structures (measured: "large intestine" -> "small intestine" 0.85, "right renal
 artery" -> "right kidney" 0.80, above "lung fields" -> "lungs" 0.73), hence those rules, and the
 answer says how it read such a name. A name that resolves to nothing stays the user's own term:
@@ -55,6 +58,9 @@ class ReaderConfig:
     head_size: int = 256
     similarity_threshold: float = 0.7
     spelling_threshold: float = 0.85
+    target_placeholder: str | None = None
+    """The word that stands in for each found name when the intent is read (None: the intent is
+    read from the text as typed). The intent then does not hang on names the heads never saw."""
     training: dict = field(default_factory=dict)
     """How the heads were trained and what they scored (recorded, not read)."""
 
@@ -62,7 +68,7 @@ class ReaderConfig:
         return {"format": "mimo-request-reader", "format_version": READER_FORMAT_VERSION, "intents": list(self.intents),
                 "vocabulary": list(self.vocabulary), "hidden_size": self.hidden_size, "head_size": self.head_size,
                 "similarity_threshold": self.similarity_threshold, "spelling_threshold": self.spelling_threshold,
-                "training": self.training}
+                "target_placeholder": self.target_placeholder, "training": self.training}
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> ReaderConfig:
@@ -70,7 +76,8 @@ class ReaderConfig:
             raise BackendError(f"{where} is not a MIMO request reader configuration of version {READER_FORMAT_VERSION}")
         try:
             config = cls(tuple(data["intents"]), tuple(data["vocabulary"]), int(data["hidden_size"]), int(data["head_size"]),
-                         float(data["similarity_threshold"]), float(data["spelling_threshold"]), dict(data.get("training", {})))
+                         float(data["similarity_threshold"]), float(data["spelling_threshold"]), data.get("target_placeholder"),
+                         dict(data.get("training", {})))
         except (KeyError, TypeError, ValueError) as error:
             raise BackendError(f"{where}: malformed request reader configuration ({error})") from error
         if not config.intents or not config.vocabulary:
@@ -84,7 +91,7 @@ class Resolution:
 
     typed: str
     concept: str | None
-    how: str  # "same", "terminology", "similar", "spelling" or "unknown"
+    how: str  # "same", "terminology", "broader", "similar", "spelling" or "unknown"
     score: float = 1.0
 
 
@@ -178,9 +185,22 @@ class ConceptVocabulary:
                 if (left, right) == (first, last):
                     continue
                 start, end = words[left][0], words[right][1]
-                if end - start > best[1] - best[0] and self.is_name(text[start:end]):
+                # Not across a list's commas: "kidney, right" in "left kidney, right kidney" is no name.
+                if end - start > best[1] - best[0] and not re.search(r"[,;:.?!]", text[start:end]) and self.is_name(text[start:end]):
                     best = (start, end)
         return best
+
+    def broader(self, key: str) -> str | None:
+        """The known name that is the head of ``key`` after modifiers of the same side, level and
+        number ("colorectal polyp" -> "polyp", "abdominal aorta" -> "aorta"): a kind of that
+        structure, so the known one's mask and code are right, only less specific. A known name
+        in front of another head is not one ("kidney stone", "liver cyst")."""
+        words = key.split()
+        for start in range(1, len(words)):
+            head = " ".join(words[start:])
+            if head in self.by_key and discriminators(key) == discriminators(head):
+                return self.by_key[head]
+        return None
 
     def resolve(self, typed: str) -> Resolution:
         key = trim_fillers(typed) or normalise(typed)
@@ -193,7 +213,13 @@ class ConceptVocabulary:
             for name, known in self._coded_names():
                 if entry.same_codes(known):
                     return Resolution(typed, name, "terminology")
-            return Resolution(typed, None, "unknown")  # a concept of its own that the model was not trained on
+            # A concept of its own that the model was not trained on: a kind of a known one
+            # ("colonic polyp") is grounded as that one, and anything else stays unknown.
+            broader = self.broader(key)
+            return Resolution(typed, broader, "broader") if broader else Resolution(typed, None, "unknown")
+        broader = self.broader(key)
+        if broader is not None:
+            return Resolution(typed, broader, "broader")
         similarities = self._vectors() @ self.encoder.embed([key])[0]
         for index in torch.argsort(similarities, descending=True).tolist()[:5]:
             if float(similarities[index]) < self.similarity_threshold:
@@ -245,8 +271,35 @@ class RequestReader(nn.Module):
         probabilities = torch.softmax(intent_logits[0], dim=-1)
         index = int(torch.argmax(probabilities))
         spans = tagged_spans(text, tag_logits[0].argmax(-1), encoded.token_mask[0], encoded.offsets[0])
-        targets = [self.vocabulary.resolve(text[a:b]) for a, b in (self.vocabulary.widen(text, span) for span in spans)]
-        return ReadRequest(self.config.intents[index], float(probabilities[index]), targets)
+        found = self._resolve_spans(text, [self.vocabulary.widen(text, span) for span in spans])
+        if self.config.target_placeholder is not None and found:
+            intent_logits, _ = self(self.encoder.encode([with_placeholders(text, [span for span, _ in found], self.config.target_placeholder)]))
+            probabilities = torch.softmax(intent_logits[0], dim=-1)
+            index = int(torch.argmax(probabilities))
+        return ReadRequest(self.config.intents[index], float(probabilities[index]), [resolution for _, resolution in found])
+
+    def _resolve_spans(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], Resolution]]:
+        """Resolve each tagged name; one that resolves to nothing is tried again as the phrase
+        around it, since a tagger trained on known names may stop at a word it has not seen
+        ("breast" of "breast lump", "retina" of "vessels of the retina", "head" and "fetus" of
+        "head of the fetus"). The phrase counts only when it resolves."""
+        targets: list[tuple[tuple[int, int], Resolution]] = []
+        index = 0
+        while index < len(spans):
+            span = spans[index]
+            resolution = self.vocabulary.resolve(text[span[0]:span[1]])
+            consumed = 1
+            if resolution.concept is None:
+                for phrase, used in _phrases_around(text, spans, index):
+                    candidate = self.vocabulary.resolve(text[phrase[0]:phrase[1]])
+                    if candidate.concept is not None:
+                        span, resolution, consumed = phrase, candidate, used
+                        break
+            index += consumed
+            # Two tagged pieces of one name widen to the same name ("colorectal" and "polyp"): once.
+            if not targets or span[0] >= targets[-1][0][1]:
+                targets.append((span, resolution))
+        return targets
 
     # ----- checkpoints --------------------------------------------------------------------
 
@@ -281,6 +334,40 @@ class RequestReader(nn.Module):
     @staticmethod
     def is_saved_in(directory: str | Path) -> bool:
         return (Path(directory) / READER_CONFIG).is_file()
+
+
+_OF_JOIN = re.compile(r"\s+of(\s+the|\s+a|\s+an)?\s+", re.IGNORECASE)
+_WORD = re.compile(r"[\w'-]+")
+
+
+def with_placeholders(text: str, spans: list[tuple[int, int]], placeholder: str) -> str:
+    """``text`` with each span replaced by ``placeholder`` ("Segment the breast lump." -> "Segment the X.")."""
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + placeholder + text[end:]
+    return text
+
+
+def _phrases_around(text: str, spans: list[tuple[int, int]], index: int) -> list[tuple[tuple[int, int], int]]:
+    """Longer phrases around ``spans[index]``, each with how many tagged spans it takes up:
+    "A of the B" (with the next span, or the word before), then one or two words more on the
+    right within the clause, fillers excluded."""
+    start, end = spans[index]
+    phrases: list[tuple[tuple[int, int], int]] = []
+    if index + 1 < len(spans) and _OF_JOIN.fullmatch(text[end:spans[index + 1][0]]):
+        phrases.append(((start, spans[index + 1][1]), 2))
+    before = re.search(r"([\w'-]+)" + _OF_JOIN.pattern + "$", text[:start], re.IGNORECASE)
+    if before and before.group(1).lower() not in _EDGE_FILLERS:
+        phrases.append(((before.start(1), end), 1))
+    following = []
+    for match in _WORD.finditer(text, end):
+        if text[end:match.start()].strip() or match.group().lower() in _EDGE_FILLERS:
+            break
+        following.append(match)
+        end = match.end()
+        if len(following) == 2:
+            break
+    phrases += [((start, match.end()), 1) for match in following]
+    return phrases
 
 
 def tagged_spans(text: str, tags: torch.Tensor, token_mask: torch.Tensor, offsets: torch.Tensor) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..modeling.request_reader import TAGS, ReaderConfig, RequestReader, normalise
+from ..modeling.request_reader import TAGS, ReaderConfig, RequestReader, normalise, with_placeholders
 from ..modeling.sentence_encoder import EncodedText, SentenceEncoder, shared_sentence_encoder
 from .request_grammar import INTENTS, Request, RequestGrammar
 
@@ -29,6 +29,9 @@ EXTRA_NAMES = (
     "mitochondria", "red blood cells", "glands", "crypts", "tooth", "mandible", "cornea", "lens", "iris",
     "knee joint", "rotator cuff", "achilles tendon", "bowel loops", "free fluid", "ascites", "hernia", "cyst wall",
 )
+
+
+TARGET_PLACEHOLDER = "X"
 
 
 @dataclass
@@ -82,11 +85,15 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
     encoder = encoder or shared_sentence_encoder()
     grammar = RequestGrammar(target_names(vocabulary, seed), seed=seed)
     requests = grammar.samples(samples)
-    log(f"request reader: encoding {len(requests)} generated requests")
+    log(f"request reader: encoding {len(requests)} generated requests, as typed and with the names replaced")
     encoded = encoder.encode([r.text for r in requests])
+    # The intent is learnt with each name replaced by the placeholder, as it is read (the names
+    # users type are not those of training).
+    masked = encoder.encode([with_placeholders(r.text, list(r.spans), TARGET_PLACEHOLDER) for r in requests])
     intents = torch.tensor([INTENTS.index(r.intent) for r in requests])
     tags = tag_targets(encoded, requests)
-    reader = RequestReader(ReaderConfig(INTENTS, tuple(vocabulary), hidden_size=encoder.hidden_size), encoder)
+    config = ReaderConfig(INTENTS, tuple(vocabulary), hidden_size=encoder.hidden_size, target_placeholder=TARGET_PLACEHOLDER)
+    reader = RequestReader(config, encoder)
     optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=1e-2)
     order = list(range(len(requests)))
     rng = random.Random(seed)
@@ -98,7 +105,8 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
         for start in range(0, len(order), batch):
             index = torch.tensor(order[start:start + batch])
             part = EncodedText(encoded.sentence[index], encoded.tokens[index], encoded.token_mask[index], encoded.offsets[index])
-            intent_logits, tag_logits = reader(part)
+            _, tag_logits = reader(part)
+            intent_logits = reader.intent_head(masked.sentence[index])
             loss = F.cross_entropy(intent_logits, intents[index]) + F.cross_entropy(tag_logits.reshape(-1, len(TAGS)), tags[index].reshape(-1), ignore_index=-100)
             optimiser.zero_grad()
             loss.backward()
@@ -107,7 +115,7 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
         log(f"request reader: epoch {epoch + 1}/{epochs} loss {total / len(order):.4f}")
     reader.eval()
     with torch.no_grad():
-        predicted = reader(encoded)[0].argmax(-1)
+        predicted = reader.intent_head(masked.sentence).argmax(-1)
     accuracy = float((predicted == intents).float().mean())
     heldout = score_heldout(reader)
     reader.config.training = {"generated_requests": samples, "epochs": epochs, "seed": seed, "train_intent_accuracy": round(accuracy, 4),

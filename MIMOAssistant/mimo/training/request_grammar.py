@@ -108,6 +108,13 @@ FOLLOW_UP_CORES = (
     "outline it again", "segment that again", "show it once more", "again please", "do it again", "redo that",
     "mark it again", "can you show that again", "highlight them again", "same again", "outline the same one",
 )
+# A yes/no question and a request to outline in a clause of its own ("is there a polyp? if so,
+# outline it"): a segment request, put together from the presence cores and these parts.
+OUTLINE_CONDITIONS = ("if so,", "if yes,", "if there is,", "if it is,", "if present,", "if you see it,", "if you can,",
+                      "if found,", "and if so", "then", "and", "if that's the case,", "in that case", "")
+OUTLINE_OBJECTS = ("it", "them", "that", "that region", "the region", "that area", "the area", "it for me", "the structure",
+                   "its outline", "its border", "its boundary", "what you see", "the whole thing", "that part")
+OUTLINE_JOINS = ("? ", ", ", "; ", " and ", ". ")
 TAILS = ("", "", "", "", "please", "for me", "thanks", "in this image", "on this slice", "in this {img}",
          "in this {modality} image", "so I can refine it", "for my students", "if possible", "thank you", "asap")
 MODALITIES = ("CT", "MRI", "MR", "ultrasound", "X-ray", "endoscopy", "colonoscopy", "fundus", "microscopy",
@@ -157,6 +164,13 @@ class RequestGrammar:
                  "modality": MODALITY_CORES, "other": OTHER_CORES}[intent]
         if intent == "segment" and rng.random() < 0.06:
             return rng.choice(FOLLOW_UP_CORES)
+        if intent == "segment" and rng.random() < 0.12:
+            question = rng.choice(PRESENCE_CORES)
+            outline = " ".join(w for w in (rng.choice(OUTLINE_CONDITIONS), rng.choice(("", "please")), "{verb}",
+                                           rng.choice(OUTLINE_OBJECTS)) if w)
+            if rng.random() < 0.3:  # the condition after the request: "outline it if you see it"
+                return question + rng.choice(OUTLINE_JOINS) + "{verb} " + rng.choice(OUTLINE_OBJECTS) + " " + rng.choice(("if so", "if present", "if there is one", "if you find it"))
+            return question + rng.choice(OUTLINE_JOINS) + outline
         if intent == "other" and rng.random() < 0.5:
             # A structure described, not named: the language model reasons it out (passed on as typed).
             return rng.choice(REASONING_CORES).replace("{kind}", rng.choice(KINDS)).replace("{clue}", rng.choice(CLUES))
