@@ -73,6 +73,8 @@ def _add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", choices=AXES, help="slice orientation for 3D images (default axial)")
     parser.add_argument("--slice", type=int, help="slice index K along that axis (default: the middle slice)")
     parser.add_argument("--modality", choices=MODALITIES, help="override the modality read from or guessed for the file")
+    parser.add_argument("--series", metavar="INDEX_OR_UID",
+                        help="which DICOM series of a folder holding several (the error for such a folder lists them)")
     parser.add_argument("--window", choices=sorted(CT_WINDOWS), help="CT window preset (default soft-tissue)")
     parser.add_argument("--backend", help="litemedsam or mimo (default: mimo with the embedded mimo-tiny when installed, else litemedsam)")
     parser.add_argument("--model", help="model checkpoint path (default: the backend's bundled weights)")
@@ -91,6 +93,8 @@ def _add_ask_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_output_path(out: Path, is_2d: bool, is_dicom: bool, overwrite: bool) -> None:
     """Fail before any work is done when OUT cannot be written."""
+    from .output import check_output_names
+
     name = out.name.lower()
     suffix = next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
@@ -99,8 +103,18 @@ def check_output_path(out: Path, is_2d: bool, is_dicom: bool, overwrite: bool) -
         raise OutputError(f"{out}: a PNG label image needs a 2D input; use .seg.nrrd or .nii.gz for volumes")
     if suffix == ".dcm" and not is_dicom:
         raise OutputError(f"{out}: DICOM SEG needs a DICOM input image")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} already exists; choose another name or pass --overwrite")
+    existing = check_output_names(out)
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]} already exists; choose another name or pass --overwrite")
+
+
+def _check_existing_path(value: str, flag: str) -> None:
+    try:
+        exists = Path(value).exists()
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise MimoError(f"{flag} {value[:200]}: cannot be opened ({error.strerror or error})") from error
+    if not exists:
+        raise MimoError(f"{flag} {value}: no such file or folder")
 
 
 def run_ask(args: argparse.Namespace) -> dict:
@@ -111,7 +125,10 @@ def run_ask(args: argparse.Namespace) -> dict:
 
     timings = {}
     start = time.perf_counter()
-    volume = load_image(args.image, args.modality)
+    for flag in ("model", "token_file"):  # every path is checked before the model loads
+        if getattr(args, flag, None):
+            _check_existing_path(args.__dict__[flag], "--" + flag.replace("_", "-"))
+    volume = load_image(args.image, args.modality, args.series)
     out = Path(args.out)
     check_output_path(out, volume.is_2d, volume.is_dicom, args.overwrite)
     if args.slice is not None and volume.is_2d and args.slice != 0:

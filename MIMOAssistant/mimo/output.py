@@ -80,8 +80,9 @@ def write_segmentation(
         )
     segments = list(segments)
     masks = _validate(volume, segments)
-    if path.exists() and not overwrite and not path.is_dir():  # fail fast; _commit checks every file again
-        raise OutputError(f"{path}: file already exists; choose another name or allow overwriting")
+    existing = check_output_names(path)  # fail fast; _commit checks every file again
+    if existing and not overwrite and not path.is_dir():
+        raise OutputError(f"{existing[0]}: file already exists; choose another name or allow overwriting")
     if suffix == ".seg.nrrd":
         return _write_seg_nrrd(path, volume, segments, masks, overwrite)
     if suffix in (".nii.gz", ".nii"):
@@ -89,6 +90,44 @@ def write_segmentation(
     if suffix == ".png":
         return _write_label_png(path, volume, segments, masks, overwrite)
     return _write_dicom_seg(path, volume, segments, masks, overwrite)
+
+
+def check_output_names(path: str | os.PathLike) -> list[Path]:
+    """The files writing ``path`` creates (a NIfTI's sidecars too), after checking that the file
+    system can hold their names and that none exists, a dangling or looping link included;
+    raises :class:`OutputError` naming the problem. Returns the existing ones."""
+    path = Path(path)
+    targets = [path]
+    if output_suffix(path) in (".nii.gz", ".nii"):
+        targets += list(nifti_sidecars(path).values())
+    existing = []
+    for target in targets:
+        name_max = _name_max(target.parent)
+        if len(os.fsencode(target.name)) > name_max:
+            raise OutputError(f"{_shortened(target)}: the file name is {len(os.fsencode(target.name))} bytes long; "
+                              f"at most {name_max} bytes can be written here")
+        if len(os.fsencode(str(target.absolute()))) >= 4096:
+            raise OutputError(f"{_shortened(target)}: the path is longer than the file system allows (4096 bytes)")
+        if os.path.lexists(target):
+            existing.append(target)
+    return existing
+
+
+def _shortened(path: Path) -> str:
+    """A path fit for one line of error: a long one keeps its start and its end (the suffix says which file)."""
+    text = str(path)
+    return text if len(text) <= 100 else f"{text[:50]}...{text[-40:]}"
+
+
+def _name_max(folder: Path) -> int:
+    """Longest file name the file system holding ``folder`` (or its nearest existing parent) allows."""
+    for candidate in (folder, *folder.absolute().parents):
+        try:
+            if candidate.is_dir():
+                return int(os.pathconf(candidate, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            break
+    return 255
 
 
 def output_suffix(path: str | os.PathLike) -> str | None:
@@ -257,7 +296,8 @@ def _commit(path: Path, overwrite: bool, outputs: list[tuple[Path, Callable[[Pat
     for target, _ in outputs:
         if target.is_dir():
             raise OutputError(f"{target}: is a folder; give a file name")
-        if target.exists() and not overwrite:
+        # lexists: a link, even a dangling or looping one, is something the user made.
+        if os.path.lexists(target) and not overwrite:
             raise OutputError(f"{target}: file already exists; choose another name or allow overwriting")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,8 +307,9 @@ def _commit(path: Path, overwrite: bool, outputs: list[tuple[Path, Callable[[Pat
     temps: list[tuple[Path, Path]] = []
     try:
         for target, writer in outputs:
-            # Same folder (so the rename is atomic), same suffix (writers pick formats by it).
-            tmp = target.with_name(f".mimo-tmp-{token}-{target.name}")
+            # Same folder (so the rename is atomic), same suffix (writers pick formats by it), and a
+            # short name, so that any name the target may have fits the file system.
+            tmp = target.with_name(f"{_TEMPORARY_PREFIX}{token}{_format_suffix(target)}")
             temps.append((tmp, target))
             writer(tmp)
             if not tmp.is_file():
@@ -281,6 +322,14 @@ def _commit(path: Path, overwrite: bool, outputs: list[tuple[Path, Callable[[Pat
     except Exception as error:  # any library or OS error: clean up, report as an output error
         _remove(temps)
         raise OutputError(f"{path}: cannot write the file ({type(error).__name__}: {error})") from error
+
+
+_TEMPORARY_PREFIX = ".mimo-tmp-"
+
+
+def _format_suffix(target: Path) -> str:
+    name = target.name.lower()
+    return next((s for s in (".seg.nrrd", ".nii.gz") if name.endswith(s)), target.suffix)
 
 
 def _remove(temps: list[tuple[Path, Path]]) -> None:

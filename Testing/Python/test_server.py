@@ -149,6 +149,7 @@ BAD_PROMPTS = [
     {"type": "point", "point": [128.0, 10]},  # just outside (cols = 128)
     {"type": "lasso", "points": [[10, 10], [20, 20]]},  # degenerate
     {"type": "lasso", "points": [[10, 10], [20, 20], [30, 30]]},  # no area
+    {"type": "scribble", "points": [[10, 10], [100, 80]] * 512, "width": 10000},  # a brush wider than the image
 ]
 
 

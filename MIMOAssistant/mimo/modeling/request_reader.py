@@ -59,8 +59,9 @@ class ReaderConfig:
     similarity_threshold: float = 0.7
     spelling_threshold: float = 0.85
     target_placeholder: str | None = None
-    """The word that stands in for each found name when the intent is read (None: the intent is
-    read from the text as typed). The intent then does not hang on names the heads never saw."""
+    """The word that stands in for each found name in a second reading of the intent, averaged
+    with the reading as typed (None: as typed only), so that the intent does not hang on names
+    the heads never saw."""
     training: dict = field(default_factory=dict)
     """How the heads were trained and what they scored (recorded, not read)."""
 
@@ -273,8 +274,8 @@ class RequestReader(nn.Module):
         spans = tagged_spans(text, tag_logits[0].argmax(-1), encoded.token_mask[0], encoded.offsets[0])
         found = self._resolve_spans(text, [self.vocabulary.widen(text, span) for span in spans])
         if self.config.target_placeholder is not None and found:
-            intent_logits, _ = self(self.encoder.encode([with_placeholders(text, [span for span, _ in found], self.config.target_placeholder)]))
-            probabilities = torch.softmax(intent_logits[0], dim=-1)
+            masked = with_placeholders(text, [span for span, _ in found], self.config.target_placeholder)
+            probabilities = (probabilities + torch.softmax(self.intent_head(self.encoder.encode([masked]).sentence[0]), dim=-1)) / 2
             index = int(torch.argmax(probabilities))
         return ReadRequest(self.config.intents[index], float(probabilities[index]), [resolution for _, resolution in found])
 

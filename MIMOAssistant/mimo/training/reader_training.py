@@ -87,8 +87,9 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
     requests = grammar.samples(samples)
     log(f"request reader: encoding {len(requests)} generated requests, as typed and with the names replaced")
     encoded = encoder.encode([r.text for r in requests])
-    # The intent is learnt with each name replaced by the placeholder, as it is read (the names
-    # users type are not those of training).
+    # The intent is learnt from each request as typed and with its names replaced by the
+    # placeholder: it is read from both (the names users type are not those of training, and a
+    # terse request is mostly its name: "seg polyp").
     masked = encoder.encode([with_placeholders(r.text, list(r.spans), TARGET_PLACEHOLDER) for r in requests])
     intents = torch.tensor([INTENTS.index(r.intent) for r in requests])
     tags = tag_targets(encoded, requests)
@@ -105,9 +106,10 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
         for start in range(0, len(order), batch):
             index = torch.tensor(order[start:start + batch])
             part = EncodedText(encoded.sentence[index], encoded.tokens[index], encoded.token_mask[index], encoded.offsets[index])
-            _, tag_logits = reader(part)
-            intent_logits = reader.intent_head(masked.sentence[index])
-            loss = F.cross_entropy(intent_logits, intents[index]) + F.cross_entropy(tag_logits.reshape(-1, len(TAGS)), tags[index].reshape(-1), ignore_index=-100)
+            intent_logits, tag_logits = reader(part)
+            masked_logits = reader.intent_head(masked.sentence[index])
+            loss = (F.cross_entropy(intent_logits, intents[index]) + F.cross_entropy(masked_logits, intents[index])
+                    + F.cross_entropy(tag_logits.reshape(-1, len(TAGS)), tags[index].reshape(-1), ignore_index=-100))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -115,7 +117,7 @@ def train_request_reader(vocabulary: tuple[str, ...], samples: int = 8000, epoch
         log(f"request reader: epoch {epoch + 1}/{epochs} loss {total / len(order):.4f}")
     reader.eval()
     with torch.no_grad():
-        predicted = reader.intent_head(masked.sentence).argmax(-1)
+        predicted = (torch.softmax(reader.intent_head(encoded.sentence), -1) + torch.softmax(reader.intent_head(masked.sentence), -1)).argmax(-1)
     accuracy = float((predicted == intents).float().mean())
     heldout = score_heldout(reader)
     reader.config.training = {"generated_requests": samples, "epochs": epochs, "seed": seed, "train_intent_accuracy": round(accuracy, 4),
