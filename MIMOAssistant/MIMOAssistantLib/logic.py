@@ -72,7 +72,7 @@ class SegmentBackup:
     segmentId: str
     name: str
     color: tuple[float, float, float]
-    tags: dict[str, str]
+    metadata: object  # a vtkSegment holding the name, colour and every tag (terminology included)
     mask: np.ndarray  # bool (K, J, I) on the volume's grid
 
 
@@ -132,25 +132,6 @@ class PropagationRequest:
 
 def _hexColor(rgb) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(round(255 * float(c))) for c in rgb[:3]))
-
-
-def _segmentTags(segment) -> dict[str, str]:
-    import vtk
-
-    names = vtk.vtkStringArray() if hasattr(segment, "GetTagNames") else None
-    tags: dict[str, str] = {}
-    if names is None:
-        return tags
-    try:
-        segment.GetTagNames(names)
-    except TypeError:
-        return tags
-    for index in range(names.GetNumberOfValues()):
-        name = names.GetValue(index)
-        value = vtk.reference("")
-        if segment.GetTag(name, value):
-            tags[name] = str(value)
-    return tags
 
 
 class MIMOAssistantLogic:
@@ -254,8 +235,11 @@ class MIMOAssistantLogic:
         self.lastResult = None
 
     def saveConversation(self, scene) -> None:
-        """Store the transcript in the scene (saved with it in .mrml / .mrb)."""
-        chat.saveToScene(scene, self.transcript)
+        """Store the transcript in the scene (saved with it in .mrml / .mrb) when it changed.
+        Called on every change: Slicer never invokes the scene's StartSaveEvent, so there is no
+        "about to save" moment to wait for."""
+        if chat.loadFromScene(scene) != self.transcript:
+            chat.saveToScene(scene, self.transcript)
 
     def restoreConversation(self, scene) -> int:
         """Read the transcript stored in a loaded scene; returns the number of entries."""
@@ -518,7 +502,10 @@ class MIMOAssistantLogic:
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
         mask = np.zeros(tuple(reversed(volumeNode.GetImageData().GetDimensions())), dtype=bool) if mask is None else mask > 0
-        return SegmentBackup(segmentId, segment.GetName(), tuple(segment.GetColor()), _segmentTags(segment), mask)
+        # vtkSegment cannot list its tags from Python (no GetTagNames): a metadata copy keeps them all.
+        metadata = slicer.vtkSegment()
+        metadata.DeepCopyMetadata(segment)
+        return SegmentBackup(segmentId, segment.GetName(), tuple(segment.GetColor()), metadata, mask)
 
     @staticmethod
     def _restoreSegment(segmentationNode, backup: SegmentBackup, volumeNode) -> None:
@@ -526,11 +513,7 @@ class MIMOAssistantLogic:
         if segmentation.GetSegment(backup.segmentId) is None:
             segmentation.AddEmptySegment(backup.segmentId, backup.name, list(backup.color))
         _writeSegmentMask(backup.mask, segmentationNode, backup.segmentId, volumeNode)
-        segment = segmentation.GetSegment(backup.segmentId)
-        segment.SetName(backup.name)
-        segment.SetColor(*backup.color)
-        for name, value in backup.tags.items():
-            segment.SetTag(name, value)
+        segmentation.GetSegment(backup.segmentId).DeepCopyMetadata(backup.metadata)  # name, colour, tags as they were
 
     def undoLastTurn(self, scene) -> bool:
         """Remove exactly the last turn's new segments, restore the segments it changed, and

@@ -80,7 +80,6 @@ class MIMOAssistantPanel(VTKObservationMixin):
         self._restoreBackendSettings()
         self.addObserver(scene, scene.EndImportEvent, self.onSceneLoaded)
         self.addObserver(scene, scene.EndCloseEvent, self.onSceneClosed)
-        self.addObserver(scene, scene.StartSaveEvent, self.onSceneAboutToBeSaved)
         self.addObserver(scene, scene.NodeRemovedEvent, self.onNodeRemoved)
         if not self.logic.transcript:
             self.logic.restoreConversation(scene)
@@ -146,9 +145,6 @@ class MIMOAssistantPanel(VTKObservationMixin):
         self.tracker.attach()
         self.setStatus("")
         self.refreshAll()
-
-    def onSceneAboutToBeSaved(self, caller=None, event=None) -> None:
-        self.logic.saveConversation(self.scene)
 
     def onNodeRemoved(self, caller=None, event=None) -> None:
         if not self._updatingGui:
@@ -220,6 +216,7 @@ class MIMOAssistantPanel(VTKObservationMixin):
     # -- chat ----------------------------------------------------------------------------------
 
     def refreshChat(self) -> None:
+        self.logic.saveConversation(self.scene)  # every change, notices and failures included
         body = self.logic.conversationHtml(self.scene)
         if self.busy and self.taskKind == "turn" and self.taskRequest is not None:
             pending = chat.renderHtml([chat.userEntry(self.taskRequest.question, self.taskRequest.view)])

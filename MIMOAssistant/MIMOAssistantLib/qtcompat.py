@@ -177,10 +177,13 @@ def clipboardText() -> str:
 
 
 def confirm(parent, title: str, message: str) -> bool:
-    """A modal OK/Cancel question."""
+    """A modal OK/Cancel question. In Slicer's --testing mode the answer is no: Slicer would
+    accept every dialog itself there, installing gigabytes or sending images unasked."""
     if BINDING == "PythonQt":
         import slicer
 
+        if slicer.app.testingEnabled():
+            return False
         return bool(slicer.util.confirmOkCancelDisplay(message, windowTitle=title, parent=parent))
     ns = qtNamespace()
     box = ns.QMessageBox(ns.QMessageBox.Question, title, message, ns.QMessageBox.Ok | ns.QMessageBox.Cancel, parent)

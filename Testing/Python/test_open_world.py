@@ -71,6 +71,8 @@ def test_the_shipped_reader_reads_phrasings_it_never_trained_on(reader):
     # A kind of a known structure is grounded as that structure; a known name in front of another head is not.
     ("Segment the colorectal polyp.", "segment", "colorectal polyp", "polyp"),
     ("Segment the kidney stone.", "segment", "kidney stone", None),
+    # A known name the tagger misses is still found in the text (a terminology synonym here).
+    ("Segment the nuclei.", "segment", "nuclei", "cell nuclei"),
     # A yes/no question with a request to outline in a clause of its own asks for the mask.
     ("Is there a polyp? If so, please outline it.", "segment", "polyp", "polyp"),
     ("Is there a polyp in this image?", "presence", "polyp", "polyp"),
@@ -208,6 +210,15 @@ def test_the_users_term_wins_over_another_class(backend, polyp):
         asked = answer.extra["request"]["targets"][0]["concept"]
         assert all(s.term == asked for s in answer.spans), answer.text
         assert answer.masks == [] or answer.spans, answer.text
+
+
+def test_a_yes_comes_with_the_structure_outlined(backend, polyp):
+    image, reference = polyp
+    for question in ("Is there a polyp in this image?", "need polyp seg"):
+        answer = _ask(backend, image, question)
+        assert answer.text.startswith("Yes"), answer.text
+        assert [s.term for s in answer.spans] == ["polyp"] and len(answer.masks) == 1
+        assert dice(answer.masks[0], _ask(backend, image, "Segment the polyp.").masks[0]) > 0.99
 
 
 def test_a_follow_up_outlines_the_same_structure_again(backend, polyp):

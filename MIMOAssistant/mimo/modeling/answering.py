@@ -12,7 +12,8 @@ at a time, still writing ``<p>term</p><SEG>`` itself:
   substitute. If it says the structure is absent, that answer stands (naming the user's term).
   A structure the model was never trained on is outlined under the user's own name only where a
   visual prompt shows it, and said to be unknown otherwise;
-* **presence** (yes/no): "Is there a {name} in this image?";
+* **presence** (yes/no): "Is there a {name} in this image?", and a "yes" comes with the
+  structure outlined as for segment;
 * **identify** a marked region (also a request to outline or find what a visual prompt marks
   without naming it): "What is this?", and the name is kept only when the image, the
   region (against training regions of that name) and the name's own probability pass the
@@ -64,6 +65,7 @@ READ_AS = 'I read "{typed}" as the {name}.'
 UNKNOWN_PRESENCE = "I can't tell: I was not trained to recognise the {typed}."
 _SIDES = {"left": "right", "right": "left"}
 _FOLLOW_UP_OTHER = re.compile(r"\bother\b", re.IGNORECASE)
+_AFFIRMATIVE = re.compile(r"\s*yes\b", re.IGNORECASE)
 
 
 @dataclass
@@ -234,7 +236,18 @@ class GroundedAnswerer:
         if target.concept is None:
             return _Piece(UNKNOWN_PRESENCE.format(typed=target.typed), [], [], 0.0, abstained=True)
         question = PRESENCE_QUESTION.format(a=_article(target.concept), name=target.concept)
-        return self._as_typed(question, prompts, (), call)
+        answer = self._as_typed(question, prompts, (), call)
+        if answer.masks or not _AFFIRMATIVE.match(answer.text):
+            return answer
+        # "Yes" comes with the structure outlined: the answer's term is grounded, and a request
+        # read as a yes/no question ("need polyp seg") still gets its mask.
+        shown = self._segment(target, prompts, call)
+        if not shown.masks:
+            return answer
+        lead = answer.text + " "
+        spans = [GroundedSpan(s.term, s.start + len(lead), s.end + len(lead), s.mask_index) for s in shown.spans]
+        return _Piece(lead + shown.text, spans, shown.masks, min(answer.confidence, shown.confidence), shown.abstained,
+                      {**answer.notes, **shown.notes})
 
     def _grounding_threshold(self, familiar: tuple[float, str] | None) -> float:
         """Masks from the question alone are withheld below this confidence, on images unlike the

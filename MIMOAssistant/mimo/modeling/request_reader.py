@@ -59,9 +59,9 @@ class ReaderConfig:
     similarity_threshold: float = 0.7
     spelling_threshold: float = 0.85
     target_placeholder: str | None = None
-    """The word that stands in for each found name in a second reading of the intent, averaged
-    with the reading as typed (None: as typed only), so that the intent does not hang on names
-    the heads never saw."""
+    """The word that stands in for each found name in a second reading of the intent (None: as
+    typed only), averaged with the reading as typed when every name is a trained one and used
+    alone otherwise, so that the intent does not hang on names the heads never saw."""
     training: dict = field(default_factory=dict)
     """How the heads were trained and what they scored (recorded, not read)."""
 
@@ -273,11 +273,37 @@ class RequestReader(nn.Module):
         index = int(torch.argmax(probabilities))
         spans = tagged_spans(text, tag_logits[0].argmax(-1), encoded.token_mask[0], encoded.offsets[0])
         found = self._resolve_spans(text, [self.vocabulary.widen(text, span) for span in spans])
+        if not found:
+            found = self._known_names_in(text)
         if self.config.target_placeholder is not None and found:
             masked = with_placeholders(text, [span for span, _ in found], self.config.target_placeholder)
-            probabilities = (probabilities + torch.softmax(self.intent_head(self.encoder.encode([masked]).sentence[0]), dim=-1)) / 2
+            masked_probabilities = torch.softmax(self.intent_head(self.encoder.encode([masked]).sentence[0]), dim=-1)
+            # The reading as typed counts only when every name is one the heads trained on verbatim.
+            trained_names = all(resolution.how == "same" for _, resolution in found)
+            probabilities = (probabilities + masked_probabilities) / 2 if trained_names else masked_probabilities
             index = int(torch.argmax(probabilities))
         return ReadRequest(self.config.intents[index], float(probabilities[index]), [resolution for _, resolution in found])
+
+    def _known_names_in(self, text: str, most_words: int = 4) -> list[tuple[tuple[int, int], Resolution]]:
+        """The names of the model's structures written in ``text`` (longest first, not
+        overlapping), for a request where the tagger found none ("Segment the nuclei.")."""
+        words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+        found: list[tuple[tuple[int, int], Resolution]] = []
+        taken: set[int] = set()
+        for length in range(min(most_words, len(words)), 0, -1):
+            for first in range(len(words) - length + 1):
+                covered = set(range(first, first + length))
+                if covered & taken:
+                    continue
+                span = (words[first][0], words[first + length - 1][1])
+                phrase = text[span[0]:span[1]]
+                if re.search(r"[,;:.?!]", phrase) or normalise(phrase) in _EDGE_FILLERS or not self.vocabulary.is_name(phrase):
+                    continue
+                resolution = self.vocabulary.resolve(phrase)
+                if resolution.concept is not None:
+                    found.append((span, resolution))
+                    taken |= covered
+        return sorted(found, key=lambda item: item[0])
 
     def _resolve_spans(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], Resolution]]:
         """Resolve each tagged name; one that resolves to nothing is tried again as the phrase
