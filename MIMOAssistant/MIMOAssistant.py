@@ -160,6 +160,9 @@ def installPackages(requirements):
                 slicer.util.pip_install(" ".join(torch))
         if others:
             slicer.util.pip_install(" ".join(others))
+    import importlib
+
+    importlib.invalidate_caches()  # packages installed in this session must be importable at once
 
 
 #

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -163,16 +164,36 @@ def requiredPackages(config: BackendConfig) -> dict[str, str]:
 
 
 def missingPackages(config: BackendConfig) -> list[str]:
-    """pip requirements (with version bounds) of the modules that cannot be imported."""
+    """pip requirements (with version bounds) of the modules that cannot be imported or whose
+    installed version is below the bound (another extension may have installed an older torch
+    or transformers: kept, it would fail later with an obscure error)."""
     missing = []
     for module, requirement in requiredPackages(config).items():
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
-        if not found:
+        if not found or not _satisfies(requirement):
             missing.append(requirement)
     return missing
+
+
+def _versionTuple(text: str) -> tuple[int, ...]:
+    """(2, 4, 1) of "2.4.1+cu121"; the leading release numbers only."""
+    return tuple(int(part) for part in re.findall(r"\d+", re.split(r"[^\d.]", text, maxsplit=1)[0])[:4])
+
+
+def _satisfies(requirement: str) -> bool:
+    """Whether the installed distribution meets a "name>=version" requirement (True when it
+    cannot tell: the import itself then decides)."""
+    import importlib.metadata
+
+    name, _, minimum = requirement.partition(">=")
+    try:
+        installed = importlib.metadata.version(name.strip())
+    except importlib.metadata.PackageNotFoundError:
+        return True  # importable but not installed as a distribution (e.g. bundled with Slicer)
+    return _versionTuple(installed) >= _versionTuple(minimum.strip()) if minimum else True
 
 
 def createBackend(config: BackendConfig, consent: ConsentStore) -> Backend:

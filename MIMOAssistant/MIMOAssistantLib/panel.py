@@ -31,6 +31,7 @@ from .prompttools import (
     promptsForSlice,
     sliceNodes,
     startPlacing,
+    stopPlacing,
     tiePromptToView,
     viewDescription,
 )
@@ -360,6 +361,7 @@ class MIMOAssistantPanel(VTKObservationMixin):
         if node is None:
             self.setStatus("Select a prompt in the list first.", error=True)
             return
+        stopPlacing(self.scene, node)
         self.scene.RemoveNode(node)
         self.refreshPrompts()
 

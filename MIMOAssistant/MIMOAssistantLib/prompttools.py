@@ -88,10 +88,20 @@ def startPlacing(scene, node) -> None:
     interaction.SetCurrentInteractionMode(interaction.Place)
 
 
-def stopPlacing(scene) -> None:
+def stopPlacing(scene, node=None) -> None:
+    """Leave place mode (when placing ``node``, or anything when None) and turn the global
+    persistence off again, so the next click in a view does not create a stray markups node."""
     interaction = scene.GetFirstNodeByClass("vtkMRMLInteractionNode")
-    if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    if interaction is None:
+        return
+    if node is not None and selection is not None and selection.GetActivePlaceNodeID() != node.GetID():
+        return
+    if interaction.GetCurrentInteractionMode() == interaction.Place:
         interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    interaction.SetPlaceModePersistence(0)
+    if selection is not None:
+        selection.SetActivePlaceNodeID(None)
 
 
 def tiePromptToView(node, sliceNode) -> None:
@@ -160,6 +170,8 @@ def promptsForSlice(scene, sliceNode, volume, geometry=None):
 def clearPrompts(scene) -> int:
     """Remove every prompt node (the explicit Clear action)."""
     nodes = promptNodes(scene)
+    if nodes:
+        stopPlacing(scene)
     for node in nodes:
         scene.RemoveNode(node)
     return len(nodes)

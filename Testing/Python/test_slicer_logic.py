@@ -1162,6 +1162,15 @@ def test_remote_backend_needs_consent_per_server_and_no_torch(tmp_path):
     assert "secret" not in config.toJSON() and BackendConfig.fromJSON(config.toJSON()).url == config.url
     assert "torch>=2.4" not in requiredPackages(config).values() and "torch>=2.4" in requiredPackages(BackendConfig()).values()
     assert missingPackages(BackendConfig()) == []
+    # An older torch another extension installed is not enough: it is listed for upgrading.
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    importlib.metadata.version = lambda name: "2.1.0+cu118" if name == "torch" else real_version(name)
+    try:
+        assert missingPackages(BackendConfig()) == ["torch>=2.4"]
+    finally:
+        importlib.metadata.version = real_version
     consent.revoke("http://127.0.0.1:9")
     assert not consent.hasConsent("http://127.0.0.1:9")
     with pytest.raises(MimoError, match="http"):

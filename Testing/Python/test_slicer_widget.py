@@ -267,8 +267,13 @@ def test_prompt_tools_create_tied_markups_and_clear_removes_them(harness):
     ui.promptList.setCurrentRow(0)
     harness.click(ui.removePromptButton)
     assert ui.promptList.count() == 3
+    harness.click(ui.pointButton)  # placing (persistent points), then Clear
+    interaction = scene.GetFirstNodeByClass("vtkMRMLInteractionNode")
+    assert interaction.GetCurrentInteractionMode() == interaction.Place and interaction.GetPlaceModePersistence() == 1
     harness.click(ui.clearPromptsButton)
     assert ui.promptList.count() == 0 and not any(n.GetAttribute("MIMO.Prompt") for n in slicer.util.getNodesByClass("vtkMRMLMarkupsNode"))
+    # The next click in a view must not make a stray markups node: place mode and its persistence are off.
+    assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform and interaction.GetPlaceModePersistence() == 0
 
 
 def test_replace_a_chosen_segment_review_and_undo(harness):
