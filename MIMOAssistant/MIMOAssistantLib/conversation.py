@@ -125,15 +125,21 @@ CAUTION_COLOR = "#a05a00"
 
 
 def segmentLink(segmentationNodeID: str, segmentId: str) -> str:
-    return f"{SEGMENT_SCHEME}:{segmentationNodeID}/{segmentId}"
+    """The link of a segment; both IDs percent-encoded (a segment ID from a loaded file may hold
+    "#", "?", "/" or spaces, which a URL would otherwise cut or change)."""
+    from urllib.parse import quote
+
+    return f"{SEGMENT_SCHEME}:{quote(segmentationNodeID, safe='')}/{quote(segmentId, safe='')}"
 
 
 def parseLink(url: str) -> tuple[str, tuple]:
     """``mimo-segment:NodeID/SegmentID`` -> ("segment", (nodeID, segmentID)); ``mimo-copy:3`` -> ("copy", (3,))."""
     scheme, _, rest = (url or "").partition(":")
     if scheme == SEGMENT_SCHEME and "/" in rest:
+        from urllib.parse import unquote
+
         nodeID, _, segmentId = rest.partition("/")
-        return "segment", (nodeID, segmentId)
+        return "segment", (unquote(nodeID), unquote(segmentId))
     if scheme == COPY_SCHEME and rest.isdigit():
         return "copy", (int(rest),)
     return "", ()

@@ -377,3 +377,13 @@ def test_remote_server_asks_consent_once_per_server_and_errors_leave_the_scene(h
     harness.wait()
     guard.stop()
     assert unexpected == [] and len(dialogs) == 2
+
+
+@pytest.mark.parametrize("segment_id", ["Segment_1", "liver #2", "left?kidney/upper pole", "100% tumour"])
+def test_segment_links_survive_qt_for_any_segment_id(segment_id):
+    """A segment ID from a loaded file may hold URL delimiters; the link clicked in the chat
+    (a QUrl, as QTextBrowser hands it over) must name the same segment."""
+    from PySide6.QtCore import QUrl
+
+    url = QUrl(chat.segmentLink("vtkMRMLSegmentationNode1", segment_id))
+    assert chat.parseLink(url.toString()) == ("segment", ("vtkMRMLSegmentationNode1", segment_id))
