@@ -125,8 +125,13 @@ class MIMOAssistantPanel(VTKObservationMixin):
         q.connect(ui.revokeConsentButton, "clicked(bool)", lambda *args: self.onRevokeConsent())
 
     def cleanup(self) -> None:
+        """Module reload or application exit: stop the running turn, wait for its worker (it sees
+        the cancel at its next check) and release the model, so that nothing of the old module
+        keeps running or holding memory."""
         if self.task is not None and self.task.running:
             self.task.cancel()
+            self.task.wait(timeout=10.0)
+        self.logic.setBackend(None)
         self.timer.stop()
         self.promptTimer.stop()
         self.tracker.detach()
@@ -148,9 +153,17 @@ class MIMOAssistantPanel(VTKObservationMixin):
         self.refreshAll()
 
     def onNodeRemoved(self, caller=None, event=None) -> None:
+        self._forgetRemovedPrompts()
         if not self._updatingGui:
             self.refreshPrompts()
             self.refreshSegments()
+
+    def _forgetRemovedPrompts(self) -> None:
+        """Drop the observers of prompt nodes no longer in the scene (they would keep the nodes
+        alive and call back for nodes nobody sees)."""
+        for node, event, method, *_ in list(self.Observations):
+            if node is not self.scene and hasattr(node, "IsA") and node.IsA("vtkMRMLMarkupsNode") and node.GetScene() is None:
+                self.removeObserver(node, event, method)
 
     # -- status --------------------------------------------------------------------------------
 

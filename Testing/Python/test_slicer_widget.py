@@ -238,6 +238,16 @@ def test_stop_cancels_the_running_turn_and_changes_nothing(harness):
     assert q.isEnabled(ui.sendButton) and not q.isVisible(ui.progressBar)
 
 
+def test_a_module_reload_mid_turn_stops_the_worker_and_releases_the_model(harness):
+    harness.draw_box()
+    harness.ask("Segment the kidney")
+    task = harness.panel.task
+    assert harness.panel.busy and task.running
+    harness.panel.cleanup()  # what Slicer calls on reload and exit
+    assert task.workerFinished and task.cancelEvent.is_set()
+    assert not harness.panel.logic.backendLoaded()
+
+
 def test_label_visible_anatomy_with_a_segmentation_only_model_says_so(harness):
     ui, scene = harness.ui, harness.scene.scene
     harness.click(ui.labelAnatomyButton)
@@ -265,8 +275,15 @@ def test_prompt_tools_create_tied_markups_and_clear_removes_them(harness):
     assert scene.GetFirstNodeByClass("vtkMRMLMarkupsCurveNode").GetAttribute("MIMO.BrushWidthMm") == "3"
     assert ui.promptList.count() == 4
     ui.promptList.setCurrentRow(0)
+
+    def observed_prompts():
+        return [o[0] for o in harness.panel.Observations if o[0] is not scene and o[0].IsA("vtkMRMLMarkupsNode")]
+
+    assert len(observed_prompts()) == 4 * 4  # four events on each of the four prompts
     harness.click(ui.removePromptButton)
     assert ui.promptList.count() == 3
+    # The removed prompt's observers went with it.
+    assert len(observed_prompts()) == 3 * 4 and all(node.GetScene() is scene for node in observed_prompts())
     harness.click(ui.pointButton)  # placing (persistent points), then Clear
     interaction = scene.GetFirstNodeByClass("vtkMRMLInteractionNode")
     assert interaction.GetCurrentInteractionMode() == interaction.Place and interaction.GetPlaceModePersistence() == 1
