@@ -540,6 +540,14 @@ class MIMOAssistantPanel(VTKObservationMixin):
                 except Exception as error:  # noqa: BLE001  (pip failures come in many types)
                     self.showError(f"Installing {', '.join(missing)} failed: {error}")
                     return False
+        if config.mode == REMOTE and not self.logic.backendLoaded():
+            # Built here, on the GUI thread (cheap: no torch, no network): the consent is read from
+            # the Qt settings, which the worker thread must not touch.
+            try:
+                self.logic.backend
+            except MimoError as error:
+                self.showError(str(error))
+                return False
         return True
 
     # -- turns -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -365,9 +366,14 @@ def test_remote_server_asks_consent_once_per_server_and_errors_leave_the_scene(h
     assert "127.0.0.1:9" in dialogs[0] and "patient" in dialogs[0]
     assert not QSettings(str(harness.settingsPath), QSettings.IniFormat).value(CONSENT_KEY, "")
 
+    settings_threads = []
+    real_value = harness.panel.logic.consent.settings.value
+    harness.panel.logic.consent.settings.value = lambda *a: settings_threads.append(threading.current_thread()) or real_value(*a)
     answer(QMessageBox.Ok)
     harness.ask("What is this?")
     harness.wait()
+    # The Qt settings (consent) are read on the GUI thread only, never by the worker.
+    assert settings_threads and set(settings_threads) == {threading.main_thread()}
     assert len(dialogs) == 2
     assert "http://127.0.0.1:9" in QSettings(str(harness.settingsPath), QSettings.IniFormat).value(CONSENT_KEY, "")
     status = q.text(ui.statusLabel)
