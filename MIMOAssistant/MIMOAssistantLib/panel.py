@@ -141,7 +141,12 @@ class MIMOAssistantPanel(VTKObservationMixin):
 
     def onSceneLoaded(self, caller=None, event=None) -> None:
         self.tracker.attach()
-        self.logic.restoreConversation(self.scene)
+        if self.logic.transcript:
+            # A scene imported into the working one (Add Data), not one loaded after a close: the
+            # conversation and its undo steps go on; the scene keeps this conversation.
+            self.logic.addNotice("Scene data imported: this conversation and its undo steps are kept.")
+        else:
+            self.logic.restoreConversation(self.scene)
         self.refreshAll()
 
     def onSceneClosed(self, caller=None, event=None) -> None:

@@ -211,6 +211,12 @@ def test_box_enter_sends_off_the_gui_thread_then_links_copy_and_scene_reload(har
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     assert harness.scene.app.SaveSceneToSlicerDataBundleDirectory(str(bundle), None)
+    # Importing a scene into the working one (Add Data) keeps this conversation and its undo.
+    turns, entries = len(harness.logic.turns), len(harness.logic.transcript)
+    scene.SetURL(str(next(bundle.glob("*.mrml"))))
+    assert scene.Import()
+    assert len(harness.logic.turns) == turns == 1 and len(harness.logic.transcript) == entries + 1
+    assert "this conversation and its undo steps are kept" in ui.conversationBrowser.toPlainText()
     scene.Clear(0)
     assert harness.logic.transcript == [] and "kidney" not in ui.conversationBrowser.toPlainText()
     scene.SetURL(str(next(bundle.glob("*.mrml"))))
