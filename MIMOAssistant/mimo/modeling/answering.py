@@ -62,6 +62,10 @@ UNKNOWN_WITHOUT_PROMPT = ("I have not learnt to find the {typed} on my own. Draw
 NOT_FOUND_CONFIDENTLY = ("I could not find the {name} with confidence in this image. If it is there, draw a box or a "
                          "scribble on it and ask again.")
 READ_AS = 'I read "{typed}" as the {name}.'
+DESCRIBED_ON_UNFAMILIAR = ("I can't identify the structure you describe with confidence: the image is unlike those I was trained on. "
+                           "Draw a box, a scribble or points on it and ask again.")
+# A request that describes its structure rather than naming it: a relative clause or a role.
+_DESCRIBES = re.compile(r"\b(that|which|whose|who|caused by|responsible for|used to|measured|within|lies|lying)\b", re.IGNORECASE)
 UNKNOWN_PRESENCE = "I can't tell: I was not trained to recognise the {typed}."
 _SIDES = {"left": "right", "right": "left"}
 _FOLLOW_UP_OTHER = re.compile(r"\bother\b", re.IGNORECASE)
@@ -157,6 +161,11 @@ class GroundedAnswerer:
         # (measured: follow-ups gave no mask in a third of cases with the history in context).
         if read is None:
             pieces = [self._as_typed(question, prompts, history, call)]
+        elif read.intent == "segment" and not prompts and targets and all(t.concept is None for t in targets) and _DESCRIBES.search(question):
+            # "Which lesion here is a discrete lump within the thyroid gland?": a structure
+            # described, not named (the tagger took words of the description): reasoned out by the
+            # model as typed, as it was trained to.
+            pieces = [self._described(question, history, call)]
         elif read.intent == "segment" and targets:
             pieces = [_said_how_read(self._segment(target, prompts, call), target) for target in targets]
         elif read.intent == "presence" and targets:
@@ -201,6 +210,13 @@ class GroundedAnswerer:
     def _as_typed(self, question, prompts, history, call) -> _Piece:
         decoded, masks, ids, probabilities = self._call(question=question, prompts=prompts, history=history, **call)
         return _Piece(decoded.text, decoded.spans, masks, self._grounded_confidence(ids, probabilities))
+
+    def _described(self, question: str, history, call) -> _Piece:
+        familiar = self._image_familiarity(call)
+        if familiar is not None and familiar[0] < self.familiarity.thresholds.image:
+            return _Piece(DESCRIBED_ON_UNFAMILIAR, [], [], 0.0, abstained=True,
+                          notes={"familiarity": {"image": round(familiar[0], 4), "nearest_dataset": familiar[1]}})
+        return self._as_typed(question, (), history, call)
 
     def _segment(self, target: Resolution, prompts, call) -> _Piece:
         if target.concept is None:
