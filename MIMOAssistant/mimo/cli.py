@@ -125,9 +125,8 @@ def run_ask(args: argparse.Namespace) -> dict:
 
     timings = {}
     start = time.perf_counter()
-    for flag in ("model", "token_file"):  # every path is checked before the model loads
-        if getattr(args, flag, None):
-            _check_existing_path(args.__dict__[flag], "--" + flag.replace("_", "-"))
+    if args.model and not getattr(args, "server", None):  # checked before the model loads (with --server: refused below)
+        _check_existing_path(args.model, "--model")
     volume = load_image(args.image, args.modality, args.series)
     out = Path(args.out)
     check_output_path(out, volume.is_2d, volume.is_dicom, args.overwrite)
