@@ -212,6 +212,16 @@ def test_the_users_term_wins_over_another_class(backend, polyp):
         assert answer.masks == [] or answer.spans, answer.text
 
 
+def test_a_described_structure_is_reasoned_out_not_refused(backend, polyp):
+    """Words of a description tagged as names the model does not know ("discrete", "thyroid
+    gland") must not turn a reasoning request into "I have not learnt to find the discrete"."""
+    image, _ = polyp
+    answer = _ask(backend, image, "Which lesion here is a discrete lump within the thyroid gland? Please segment it.")
+    request = answer.extra["request"]
+    assert request["intent"] == "segment" and request["targets"] and all(t["concept"] is None for t in request["targets"])
+    assert "have not learnt" not in answer.text and answer.text.strip()
+
+
 def test_a_yes_comes_with_the_structure_outlined(backend, polyp):
     image, reference = polyp
     for question in ("Is there a polyp in this image?", "need polyp seg"):

@@ -20,6 +20,9 @@ at a time, still writing ``<p>term</p><SEG>`` itself:
   thresholds of the familiarity index (:mod:`.familiarity`); otherwise the answer says it cannot
   identify the structure and the region is returned as an uncoded "region k";
 * **modality**: "What imaging modality is this?", withheld on an image unlike the training data;
+* a structure **described** rather than named, whose tagged words name nothing the model knows
+  ("which lesion here is a discrete lump within the thyroid gland?"): the question as typed, for
+  the model to reason out, withheld on an image unlike the training data;
 * anything else, or a checkpoint without a reader: the question as typed.
 
 A follow-up without a name ("outline it again", "and the other one?") takes the structures of
