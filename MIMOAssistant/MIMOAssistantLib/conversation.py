@@ -103,8 +103,12 @@ def conversationNode(scene, create: bool = True):
 
 
 def saveToScene(scene, transcript: list[dict]) -> None:
-    """Write the transcript into the scene (it is saved with the scene, .mrml or .mrb)."""
-    conversationNode(scene).SetParameter(CONVERSATION_PARAMETER, toJSON(transcript))
+    """Write the transcript into the scene (it is saved with the scene, .mrml or .mrb); nothing is
+    written when the scene already holds it, nor a node made for an empty conversation."""
+    node = conversationNode(scene, create=bool(transcript))
+    text = toJSON(transcript)
+    if node is not None and node.GetParameter(CONVERSATION_PARAMETER) != text:
+        node.SetParameter(CONVERSATION_PARAMETER, text)
 
 
 def loadFromScene(scene) -> list[dict]:

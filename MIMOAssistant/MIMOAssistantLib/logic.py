@@ -238,8 +238,7 @@ class MIMOAssistantLogic:
         """Store the transcript in the scene (saved with it in .mrml / .mrb) when it changed.
         Called on every change: Slicer never invokes the scene's StartSaveEvent, so there is no
         "about to save" moment to wait for."""
-        if chat.loadFromScene(scene) != self.transcript:
-            chat.saveToScene(scene, self.transcript)
+        chat.saveToScene(scene, self.transcript)
 
     def restoreConversation(self, scene) -> int:
         """Read the transcript stored in a loaded scene; returns the number of entries."""

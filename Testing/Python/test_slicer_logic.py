@@ -789,7 +789,10 @@ def test_turn_on_a_worker_thread_reports_progress_and_can_be_stopped(slicer_scen
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
 
 
-def test_undo_restores_a_replaced_segment_the_user_then_deleted_with_every_tag(slicer_scene, litemedsam):
+def _kidney_turn_beside_a_liver(litemedsam):
+    """A computed "Segment the kidney" turn on the phantom, and an annotations segmentation that
+    already holds the user's "liver" segment: (logic, request, outcome, volume, segmentation node,
+    liver ID, liver mask)."""
     volume_node, disk = disk_phantom()
     geometry = sliceGeometryForAxis(volume_node, "axial", 4)
     logic = MIMOAssistantLogic()
@@ -800,6 +803,11 @@ def test_undo_restores_a_replaced_segment_the_user_then_deleted_with_every_tag(s
     existing = np.zeros(disk.shape, dtype=bool)
     existing[1, 10:20, 10:20] = True
     [liver_id] = addSegmentsToSegmentationNode(segmentation_node, volume_node, [make_segment(1, "liver", existing)])
+    return logic, request, outcome, volume_node, segmentation_node, liver_id, existing
+
+
+def test_undo_restores_a_replaced_segment_the_user_then_deleted_with_every_tag(slicer_scene, litemedsam):
+    logic, request, outcome, volume_node, segmentation_node, liver_id, existing = _kidney_turn_beside_a_liver(litemedsam)
     segmentation = segmentation_node.GetSegmentation()
     segmentation.GetSegment(liver_id).SetTag("Reviewer", "jane")
     liver_tag = terminology_tag(segmentation.GetSegment(liver_id))
@@ -820,17 +828,7 @@ def test_new_add_replace_and_undo(slicer_scene, litemedsam):
     """New segments never overwrite; 'add to' and 'replace' change only the chosen segment;
     the module's undo removes exactly the answer's segments and restores changed ones; the
     scene's own undo reverts an answer in one step."""
-    volume_node, disk = disk_phantom()
-    geometry = sliceGeometryForAxis(volume_node, "axial", 4)
-    logic = MIMOAssistantLogic()
-    logic.setBackend(litemedsam)
-    request = logic.prepareTurn(volume_node, geometry, "Segment the kidney", [roi_on(geometry)])
-    outcome = logic.computeTurn(request)
-
-    segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "annotations")
-    existing = np.zeros(disk.shape, dtype=bool)
-    existing[1, 10:20, 10:20] = True
-    [liver_id] = addSegmentsToSegmentationNode(segmentation_node, volume_node, [make_segment(1, "liver", existing)])
+    logic, request, outcome, volume_node, segmentation_node, liver_id, existing = _kidney_turn_beside_a_liver(litemedsam)
     segmentation = segmentation_node.GetSegmentation()
     liver_tag = terminology_tag(segmentation.GetSegment(liver_id))
 
