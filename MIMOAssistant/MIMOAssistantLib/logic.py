@@ -203,9 +203,11 @@ class MIMOAssistantLogic:
         ``info()`` is a network call, and this runs on the GUI thread)."""
         return self._info if self._backend is not None else None
 
-    def _loadedBackend(self) -> Backend:
-        """The backend with its info (worker thread: may load weights or call a server)."""
+    def _loadedBackend(self, cancel: threading.Event | None = None) -> Backend:
+        """The backend with its info (worker thread: may load weights, wait for the engine
+        process or call a server)."""
         backend = self.backend
+        backend.load(cancel)
         self._info = backend.info()
         return backend
 
@@ -342,9 +344,9 @@ class MIMOAssistantLogic:
         report = progress or (lambda stage, fraction: None)
         start = time.perf_counter()
         check_cancel(cancel)
-        if not self.backendLoaded():
-            report("Loading the model", 0.02)
-        backend = self._loadedBackend()
+        if self.backendInfo() is None:
+            report("Starting the engine and loading the model", 0.02)
+        backend = self._loadedBackend(cancel)
         check_cancel(cancel)
         info = self._info
         if request.requireTextAnswers and not info.capabilities.text_answers:
@@ -622,9 +624,9 @@ class MIMOAssistantLogic:
     def computePropagation(self, request: PropagationRequest, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> PropagationResult:
         """The engine part of propagation (worker thread; no MRML)."""
         report = progress or (lambda stage, fraction: None)
-        if not self.backendLoaded():
-            report("Loading the model", 0.0)
-        backend = self._loadedBackend()
+        if self.backendInfo() is None:
+            report("Starting the engine and loading the model", 0.0)
+        backend = self._loadedBackend(cancel)
         check_cancel(cancel)
         return propagate(backend, request.volume, request.geometry, request.startMask, request.question, request.settings, report, cancel)
 

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research and education use only; not for clinical decisions."
 POLL_INTERVAL_MS = 50
+#: Seconds of each poll spent waiting for the worker with the GIL released (see BackgroundTask.poll).
+WORKER_LEND_S = 0.01
 OUTPUT_MODES = (NEW, ADD, REPLACE)
 LOCAL_MODELS = ("litemedsam", "mimo")
 
@@ -545,11 +547,15 @@ class MIMOAssistantPanel(VTKObservationMixin):
                 except Exception as error:  # noqa: BLE001  (pip failures come in many types)
                     self.showError(f"Installing {', '.join(missing)} failed: {error}")
                     return False
-        if config.mode == REMOTE and not self.logic.backendLoaded():
-            # Built here, on the GUI thread (cheap: no torch, no network): the consent is read from
-            # the Qt settings, which the worker thread must not touch.
+        if not self.logic.backendLoaded():
+            # Built here, on the GUI thread (cheap: no torch, no network): a remote backend's consent
+            # is read from the Qt settings, which the worker thread must not touch; a local engine
+            # process is launched now, so that its model loads while the turn is being prepared.
             try:
-                self.logic.backend
+                backend = self.logic.backend
+                start = getattr(backend, "start", None)
+                if start is not None:
+                    start()
             except MimoError as error:
                 self.showError(str(error))
                 return False
@@ -626,7 +632,7 @@ class MIMOAssistantPanel(VTKObservationMixin):
     def _run(self, task: BackgroundTask, kind: str, request) -> None:
         self.task, self.taskKind, self.taskRequest = task, kind, request
         q.setValue(self.ui.progressBar, 0)
-        self.setStatus("Loading the model…" if not self.logic.backendLoaded() else "Working…")
+        self.setStatus("Working…" if self.logic.backendInfo() is not None else "Starting the engine and loading the model…")
         task.start()
         self.timer.start()
         self.updateButtons()
@@ -644,7 +650,7 @@ class MIMOAssistantPanel(VTKObservationMixin):
         if task is None:
             self.timer.stop()
             return
-        for event in task.poll():
+        for event in task.poll(WORKER_LEND_S):
             if event.kind == PROGRESS:
                 q.setValue(self.ui.progressBar, round(100 * event.fraction))
                 if not task.cancelEvent.is_set():

@@ -97,9 +97,17 @@ class BackgroundTask:
     def workerFinished(self) -> bool:
         return self._finished.is_set()
 
-    def poll(self) -> list[TaskEvent]:
+    def poll(self, lend: float = 0.0) -> list[TaskEvent]:
         """The events queued since the last poll (main thread). The last one of a finished task
-        is its DONE / ERROR / CANCELLED event; after it, :attr:`running` is False."""
+        is its DONE / ERROR / CANCELLED event; after it, :attr:`running` is False.
+
+        ``lend``: first wait up to this many seconds for the worker with the GIL released. Real
+        Slicer holds the GIL whenever it runs C++, so a worker thread's Python (the engine
+        client's parsing, its socket reads) advances only while the main thread runs Python
+        or waits like this; lent each poll, it runs within one timer period instead of one GIL
+        hand-over per period."""
+        if lend > 0 and self._thread is not None:
+            self._finished.wait(lend)
         events = []
         while True:
             try:

@@ -194,6 +194,10 @@ class Backend(ABC):
         with self._lock:
             self._sessions.clear()
 
+    def load(self, cancel: threading.Event | None = None) -> None:
+        """Be ready to answer. Backends that load their weights when built have nothing to do;
+        one that starts an engine process waits for it here, and ``cancel`` stops the wait."""
+
     @property
     def session_count(self) -> int:
         with self._lock:

@@ -184,6 +184,9 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", help="private key of --ssl-certfile")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when standard input closes (set by a supervisor such as the Slicer module)"
+    )
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -200,7 +203,10 @@ def run_serve(args: argparse.Namespace) -> None:
         max_sessions=args.max_sessions,
         queue_capacity=args.queue_size,
     )
-    serve(args.host, args.port, args.backend, args.model, args.device, args.token_file, config, args.log_level, args.ssl_certfile, args.ssl_keyfile)
+    serve(
+        args.host, args.port, args.backend, args.model, args.device, args.token_file, config, args.log_level, args.ssl_certfile, args.ssl_keyfile,
+        exit_with_parent=args.exit_with_parent,
+    )
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,6 +61,16 @@ def litemedsam():
     return create_backend("litemedsam", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def engine():
+    """LiteMedSAM in an engine process (the Slicer module's local mode), started once."""
+    from mimo.backends.engine import EngineProcessBackend
+
+    backend = EngineProcessBackend("litemedsam", device="cpu")
+    yield backend
+    backend.close()
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread: on a CPU shared with other jobs two threads are several times slower."""

@@ -104,9 +104,10 @@ def remote(server):
     backend.close()
 
 
-@pytest.fixture(params=["local", "remote"])
+@pytest.fixture(params=["local", "remote", "engine"])
 def backend(request, litemedsam):
-    return litemedsam if request.param == "local" else request.getfixturevalue("remote")
+    """The same contract for the model in this process, behind a server, and in an engine process."""
+    return litemedsam if request.param == "local" else request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")

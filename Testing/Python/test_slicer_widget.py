@@ -60,11 +60,11 @@ def cylinder_volume(slices: int = 7, first: int = 2, last: int = 4):
 class Harness:
     """The panel on a scene with a phantom shown axially in Red (slice 3) and coronally in Green."""
 
-    def __init__(self, qtbot, scene, backend, tmp_path):
+    def __init__(self, qtbot, scene, backend, tmp_path, slices: int = 7, last: int = 4):
         from MIMOAssistantLib.panel import MIMOAssistantPanel
 
         self.qtbot, self.scene = qtbot, scene
-        self.volume, self.disk, self.square = cylinder_volume()
+        self.volume, self.disk, self.square = cylinder_volume(slices, last=last)
         self.red, red_logic = scene.slice_view("Red", self.volume)
         self.red.SetOrientationToAxial()
         red_logic.FitSliceToAll()

@@ -34,6 +34,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -858,14 +859,20 @@ def serve(
     log_level: str = "info",
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    exit_with_parent: bool = False,
 ) -> None:
-    """Load the backend and serve it until interrupted (``mimo-assistant serve``)."""
+    """Load the backend and serve it until interrupted (``mimo-assistant serve``).
+
+    ``exit_with_parent``: standard input is a pipe from a supervisor (the Slicer module); when it
+    closes, because the supervisor ended, crashed or was killed, the server exits too."""
     import uvicorn
 
     from ..backend import create_backend
 
     token = read_token_file(token_file) if token_file else None
     check_bind(host, token)
+    if exit_with_parent:
+        threading.Thread(target=_exit_when_stdin_closes, name="mimo-parent-watch", daemon=True).start()
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config or ServerConfig()
     config.token = token
@@ -875,6 +882,17 @@ def serve(
     app = create_app(backend, config)
     log.info("serving %s on %s:%d (token %s, session TTL %.0f s, queue %d)", backend_name, host, port, "required" if token else "off", config.session_ttl_s, config.queue_capacity)
     uvicorn.run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_keep_alive=30)
+
+
+def _exit_when_stdin_closes() -> None:
+    try:  # the raw descriptor: a daemon thread blocked in sys.stdin's buffer aborts the interpreter's exit
+        descriptor = sys.stdin.fileno()
+        while os.read(descriptor, 65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    log.warning("the supervising process ended (standard input closed): stopping the server")
+    os._exit(0)  # sessions live in memory only: nothing to flush
 
 
 __all__ = ["ServerConfig", "create_app", "serve", "read_token_file", "check_bind", "is_loopback_host"]

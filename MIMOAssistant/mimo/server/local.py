@@ -85,13 +85,28 @@ class ThreadedServer:
 
 
 class ServerProcess:
-    """``mimo-assistant serve`` in a subprocess on a fixed loopback port (so it can restart there)."""
+    """``mimo-assistant serve`` in a subprocess on a fixed loopback port (so it can restart there).
 
-    def __init__(self, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None, log_path: Path | None = None) -> None:
+    ``python`` is the interpreter that runs it (default: this one). With ``exit_with_parent``
+    the server reads its standard input, a pipe from this process, and exits when the pipe
+    closes: a supervisor that crashes or is killed leaves no engine behind.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        log_path: Path | None = None,
+        python: str | None = None,
+        exit_with_parent: bool = False,
+    ) -> None:
         self.port = port or free_port()
         self.args = tuple(args)
         self.env = env
         self.log_path = log_path
+        self.python = python or sys.executable
+        self.exit_with_parent = exit_with_parent
         self.process: subprocess.Popen | None = None
 
     @property
@@ -103,18 +118,34 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self) -> "ServerProcess":
+        """Start the process and return at once (:meth:`wait_ready` waits for the model)."""
         env = dict(os.environ if self.env is None else self.env)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        command = [sys.executable, "-m", "mimo.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *self.args]
+        command = [self.python, "-m", "mimo.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *self.args]
+        if self.exit_with_parent:
+            command.append("--exit-with-parent")
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        stdin = subprocess.PIPE if self.exit_with_parent else subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, env=env, stdin=stdin, stdout=output, stderr=subprocess.STDOUT)
+        except OSError as error:
+            raise MimoError(f"cannot start the engine with {self.python}: {error.strerror or error}") from None
         finally:
             if self.log_path:
                 output.close()
-        wait_healthy(self.url, timeout, self.process)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        return wait_healthy(self.url, timeout, self.process)
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        self.launch().wait_ready(timeout)
         return self
 
     def kill(self) -> None:
@@ -124,6 +155,8 @@ class ServerProcess:
             self.process.wait(10)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
