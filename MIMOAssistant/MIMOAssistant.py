@@ -84,7 +84,9 @@ the last answer's segments and restores the segments it changed. "Propagate" car
 segment from the slice shown through the neighbouring slices.</p>
 <p><b>Model</b>: run on this computer (the embedded MIMO-Tiny by default, LiteMedSAM, or another
 MIMO checkpoint; CPU or GPU) or on a
-MIMO server. Before anything is sent to a server you are asked, once per server, for consent.
+MIMO server. A model on this computer runs in its own engine process (started with the first
+question and kept warm), so Slicer stays responsive; if the engine stops, the next question
+restarts it. Before anything is sent to a server you are asked, once per server, for consent.
 The model sees only the slice's pixels, pixel size and your text, never patient information.
 On CT and MR slices, draw a box around the structure: MIMO-Tiny does not pick one organ or brain
 region among many from text alone (its model card has the figures).</p>
