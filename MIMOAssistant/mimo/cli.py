@@ -89,6 +89,11 @@ def _add_ask_arguments(parser: argparse.ArgumentParser) -> None:
         "the slice pixels, pixel size, modality, question and prompts there (no patient name, IDs or DICOM tags)",
     )
     parser.add_argument("--token-file", help="file holding the server's bearer token (with --server)")
+    parser.add_argument(
+        "--3d", dest="three_d", action="store_true",
+        help="answer on the whole volume: the structures named are carried over from a registered atlas as 3D segments",
+    )
+    parser.add_argument("--atlas", help="with --3d: a built-in atlas (mni152-neuromorphometrics, fsaverage-aseg) or an atlas .json")
 
 
 def check_output_path(out: Path, is_2d: bool, is_dicom: bool, overwrite: bool) -> None:
@@ -132,6 +137,8 @@ def run_ask(args: argparse.Namespace) -> dict:
     check_output_path(out, volume.is_2d, volume.is_dicom, args.overwrite)
     if args.slice is not None and volume.is_2d and args.slice != 0:
         raise MimoError(f"{args.image} is a 2D image: the only slice is 0")
+    if args.three_d:
+        return _ask_3d(args, volume, out, timings, time.perf_counter() - start)
     geometry = default_geometry(volume, args.axis, args.slice)
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -154,6 +161,43 @@ def run_ask(args: argparse.Namespace) -> dict:
         "segments": [segment.to_dict() for segment in result.segments],
         "slice": {"axis": geometry.axis, "index": geometry.index, "size": list(geometry.shape)},
         "backend": backend.info().to_dict(),
+        "output": str(written) if written else None,
+        "timings": {key: round(value, 4) for key, value in timings.items()},
+    }
+
+
+def _ask_3d(args: argparse.Namespace, volume, out: Path, timings: dict, load_s: float) -> dict:
+    """``ask --3d``: named structures on the whole volume by atlas registration."""
+    from .anatomy import AnatomyGrounder, find_atlas
+    from .output import write_segmentation
+
+    if getattr(args, "server", None) or getattr(args, "prompts", None) or args.backend or args.model:
+        raise MimoError("--3d grounds named structures with an atlas on this computer: leave out --server, prompts, --backend and --model")
+    if volume.is_2d:
+        raise MimoError(f"{args.image} is a 2D image: --3d needs a volume")
+    timings["load_s"] = load_s
+    grounder = AnatomyGrounder(find_atlas(args.atlas, volume.modality))
+    last = [-1.0]
+
+    def progress(stage: str, fraction: float) -> None:
+        if not args.json and fraction - last[0] >= 0.1:
+            last[0] = fraction
+            print(f"  {stage}… {100 * fraction:.0f}%", file=sys.stderr, flush=True)
+
+    answer = grounder.ground(volume, args.question, progress)
+    timings.update(answer.timings)
+    written = write_segmentation(out, volume, answer.segments, overwrite=args.overwrite) if answer.segments else None
+    return {
+        "answer": answer.text,
+        "caution": None,
+        "confidence": None,
+        "abstained": not answer.segments,
+        "spans": [],
+        "segments": [segment.to_dict() for segment in answer.segments],
+        "atlas": answer.atlas,
+        "similarity": None if answer.similarity is None else round(answer.similarity, 3),
+        "not_in_view": answer.outside,
+        "not_covered": answer.unavailable,
         "output": str(written) if written else None,
         "timings": {key: round(value, 4) for key, value in timings.items()},
     }

@@ -109,6 +109,21 @@ def _geometry_from_sitk(image) -> np.ndarray:
     return LPS_TO_RAS @ ijk_to_lps
 
 
+def to_sitk(volume: "ImageVolume", array: np.ndarray | None = None):
+    """A SimpleITK image of ``array`` (``[k, j, i]``; default: the volume's own voxels) with
+    the volume's geometry (SimpleITK works in LPS)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.array if array is None else array)  # [k, j, i] -> size (i, j, k)
+    ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras  # the flip is its own inverse
+    columns = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetDirection([float(v) for v in (columns / spacing[None, :]).reshape(-1)])
+    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
+    return image
+
+
 def guess_modality(array: np.ndarray, is_rgb: bool) -> str:
     """A cautious guess for files that do not record a modality (NIfTI, NRRD, PNG).
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError
-from .image import ImageVolume
+from .image import ImageVolume, to_sitk
 from .segments import Segment
 
 log = logging.getLogger(__name__)
@@ -442,19 +442,6 @@ def _write_seg_nrrd(path: Path, volume: ImageVolume, segments: list[Segment], ma
 # NIfTI label map + label tables
 
 
-def _sitk_label_image(volume: ImageVolume, labels: np.ndarray):
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(labels)  # [k, j, i] -> size (i, j, k)
-    ijk_to_lps = _RAS_TO_LPS @ volume.ijk_to_ras
-    columns = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(columns, axis=0)
-    image.SetSpacing([float(v) for v in spacing])
-    image.SetDirection([float(v) for v in (columns / spacing[None, :]).reshape(-1)])
-    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
-    return image
-
-
 def _ctbl_name(name: str) -> str:
     # Slicer's .ctbl is whitespace separated: Slicer itself writes spaces as underscores.
     cleaned = "_".join(str(name).split())
@@ -471,7 +458,7 @@ def _write_nifti(
     import SimpleITK as sitk
 
     labels, overlapping = _label_map(segments, masks, str(path))
-    image = _sitk_label_image(volume, labels)
+    image = to_sitk(volume, labels)
     counts = {int(s.label): int(np.count_nonzero(labels == int(s.label))) for s in segments}
     sidecars = nifti_sidecars(path)
 
