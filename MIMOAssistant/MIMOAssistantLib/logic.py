@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from mimo.assistant import AskResult, answer_to_segments, default_geometry, slice_image
-from mimo.backend import Answer, Backend, BackendInfo, Message, SliceImage, Turn, check_cancel
+from mimo.backend import Answer, Backend, BackendInfo, GroundedSpan, Message, SliceImage, Turn, check_cancel
 from mimo.errors import BackendError
 from mimo.geometry import SliceGeometry, extract_slice
 from mimo.image import ImageVolume
@@ -106,6 +106,8 @@ class TurnRequest:
     promptNodeIDs: list[str] = field(default_factory=list)
     skippedPrompts: list[str] = field(default_factory=list)
     requireTextAnswers: bool = False
+    #: A copy of the volume when the turn is answered on the whole volume (3D, atlas grounding).
+    volume: ImageVolume | None = None
 
 
 @dataclass
@@ -279,9 +281,11 @@ class MIMOAssistantLogic:
         question: str,
         markupsNodes=None,
         requireTextAnswers: bool = False,
+        wholeVolume: bool = False,
     ) -> TurnRequest:
         """Read the scene for one turn. ``markupsNodes`` None: the scene's prompts drawn on the
-        slice the view shows (others are listed in ``skippedPrompts``); a list: exactly those."""
+        slice the view shows (others are listed in ``skippedPrompts``); a list: exactly those.
+        ``wholeVolume``: the named structures in 3D on the whole volume (no prompts)."""
         question = (question or "").strip()
         if not question:
             raise SlicerSceneError("type a question first, e.g. 'Segment the liver'")
@@ -295,7 +299,9 @@ class MIMOAssistantLogic:
             sliceNode = sliceNodeOrGeometry
             geometry = sliceGeometryFromSliceNode(sliceNode, volume)
         skipped: list[str] = []
-        if requireTextAnswers:
+        if wholeVolume and volume.is_2d:
+            raise SlicerSceneError(f"'{volumeNode.GetName()}' is a single slice: whole-volume (3D) answers need a volume")
+        if requireTextAnswers or wholeVolume:
             nodes, prompts = [], []
         elif markupsNodes is None and sliceNode is not None:
             nodes, prompts, skippedPairs = promptsForSlice(volumeNode.GetScene(), sliceNode, volume, geometry)
@@ -318,6 +324,7 @@ class MIMOAssistantLogic:
             promptNodeIDs=[node.GetID() for node in nodes if node is not None],
             skippedPrompts=skipped,
             requireTextAnswers=requireTextAnswers,
+            volume=volume if wholeVolume else None,
         )
 
     def prepareLabelAnatomy(self, volumeNode, sliceNodeOrGeometry) -> TurnRequest:
@@ -355,6 +362,8 @@ class MIMOAssistantLogic:
         def backendProgress(stage: str, fraction: float) -> None:
             report(stage, 0.1 + 0.8 * max(0.0, min(1.0, fraction)))
 
+        if request.volume is not None:
+            return self._computeWholeVolume(backend, info, request, report, cancel, start)
         report("Encoding the slice", 0.05)
         session = backend.open_session(request.image)
         try:
@@ -369,6 +378,25 @@ class MIMOAssistantLogic:
         return TurnOutcome(
             AskResult(answer, request.geometry, request.image, segments),
             f"{info.name} · {info.model} · {info.device}",
+            time.perf_counter() - start,
+        )
+
+    def _computeWholeVolume(self, backend, info, request: TurnRequest, report, cancel, start: float) -> TurnOutcome:
+        """Atlas grounding of the named structures on the whole volume (in the engine)."""
+        grounded = backend.ground_anatomy(request.volume, request.question, None, lambda stage, f: report(stage, 0.05 + 0.85 * f), cancel)
+        check_cancel(cancel)
+        spans, searchFrom = [], 0
+        for index, segment in enumerate(grounded.segments):
+            at = grounded.text.find(segment.name, searchFrom)
+            if at >= 0:
+                spans.append(GroundedSpan(segment.name, at, at + len(segment.name), index))
+                searchFrom = at + len(segment.name)
+        extra = {"atlas": grounded.atlas, "abstained": not grounded.segments}
+        answer = Answer(grounded.text, spans, [], dict(grounded.timings), extra)
+        report("Answer ready", 0.92)
+        return TurnOutcome(
+            AskResult(answer, request.geometry, request.image, list(grounded.segments)),
+            f"{info.name} · atlas {grounded.atlas}",
             time.perf_counter() - start,
         )
 

@@ -570,7 +570,8 @@ class MIMOAssistantPanel(VTKObservationMixin):
         if not question:
             self.setStatus("Type a question first, e.g. 'Segment the liver'.", error=True)
             return
-        self._startTurn(lambda sliceNode, volumeNode: self.logic.prepareTurn(volumeNode, sliceNode, question))
+        wholeVolume = q.isChecked(self.ui.wholeVolumeCheckBox)
+        self._startTurn(lambda sliceNode, volumeNode: self.logic.prepareTurn(volumeNode, sliceNode, question, wholeVolume=wholeVolume))
 
     def onLabelAnatomy(self) -> None:
         if self.busy:

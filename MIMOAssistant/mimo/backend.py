@@ -194,6 +194,22 @@ class Backend(ABC):
         with self._lock:
             self._sessions.clear()
 
+    def ground_anatomy(self, volume, question: str, atlas: str | None = None, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None):
+        """Named structures of ``question`` as 3D segments on ``volume`` (an
+        :class:`~mimo.image.ImageVolume`), by registering a built-in atlas (``atlas``: its name;
+        None: the default for the volume's modality): a :class:`~mimo.anatomy.AnatomyAnswer`.
+        Runs here for local backends; a remote backend sends the volume to its server."""
+        from .anatomy import AnatomyGrounder, builtin_atlases, find_atlas
+
+        if atlas is not None and atlas not in builtin_atlases():
+            raise BackendError(f"unknown atlas {atlas!r}; built in: {', '.join(builtin_atlases()) or 'none installed'}")
+        chosen = find_atlas(atlas, volume.modality)
+        with self._lock:
+            grounders = self.__dict__.setdefault("_grounders", {})
+            grounder = grounders.get(chosen.name) or grounders.setdefault(chosen.name, AnatomyGrounder(chosen))
+        return grounder.ground(volume, question, progress, cancel)
+
     def load(self, cancel: threading.Event | None = None) -> None:
         """Be ready to answer. Backends that load their weights when built have nothing to do;
         one that starts an engine process waits for it here, and ``cancel`` stops the wait."""

@@ -328,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         "understand", help="give a checkpoint its request reader and familiarity index (thresholds chosen on validation data)"))
     add_eval_open_arguments(commands.add_parser(
         "eval-open", help="open-world report: phrasing families, synonyms, naming on unseen datasets, abstentions"))
+    anatomy = commands.add_parser("eval-anatomy", help="3D Dice of atlas grounding on subjects that did not provide the atlas")
+    anatomy.add_argument("--data", required=True, help="the volumes folder (../shared/data/volumes)")
+    anatomy.add_argument("--out", required=True, help="report.json to write (report.md goes beside it)")
+    anatomy.add_argument("--slice-step", type=int, default=4, help="LiteMedSAM baseline on every Nth axial slice (default 4)")
+    anatomy.add_argument("--no-litemedsam", action="store_true", help="leave out the LiteMedSAM-with-the-prior's-box baseline")
     demo = commands.add_parser("demo", help="run the assistant on an embedded sample image")
     demo.add_argument("--out-dir", default="mimo-demo", help="folder for the outputs (default ./mimo-demo)")
     demo.add_argument("--backend", help="litemedsam or mimo (default as for ask)")
@@ -361,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report, indent=2)) if args.json else _print_human(report)
         elif args.command == "serve":
             run_serve(args)
+        elif args.command == "eval-anatomy":
+            from .evaluation.anatomy import evaluate_anatomy
+
+            if args.slice_step < 1:
+                raise MimoError("--slice-step must be at least 1")
+            report = evaluate_anatomy(Path(args.data), Path(args.out), args.slice_step, not args.no_litemedsam)
+            print(Path(args.out).with_suffix(".md").read_text(encoding="utf-8"))
         elif args.command == "bench":
             run_bench(args)
         elif args.command == "demo":

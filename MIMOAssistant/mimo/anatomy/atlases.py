@@ -88,14 +88,28 @@ class Atlas:
                 self._images[key] = read_image(path)
             return self._images[key]
 
+    def present(self) -> dict[str, tuple[int, ...]]:
+        """The structures whose labels occur in the label image (a label list may name more)."""
+        with self._lock:
+            cached = self._images.get("present")
+        if cached is None:
+            import SimpleITK as sitk
+
+            values = set(np.unique(sitk.GetArrayViewFromImage(self.labels())).tolist())
+            cached = {name: labels for name, labels in self.structures.items() if values.intersection(labels)}
+            with self._lock:
+                self._images["present"] = cached
+        return cached
+
     def names(self) -> list[str]:
         """Every structure it can ground, wholes included ("hippocampus" for both sides)."""
-        names = set(self.structures)
-        for name in self.structures:
+        present = self.present()
+        names = set(present)
+        for name in present:
             for side in ("left ", "right "):
                 if name.startswith(side) and name[len(side):] not in names:
                     names.add(name[len(side):])
-        names.update(whole for whole, parts in WHOLES.items() if any(p in self.structures for p in parts))
+        names.update(whole for whole, parts in WHOLES.items() if any(p in present for p in parts))
         return sorted(names)
 
     def parts(self, name: str) -> list[str]:
@@ -193,13 +207,21 @@ def atlas_from_json(path: str | Path) -> Atlas:
             label = int(value)
         except ValueError:
             raise AtlasError(f"{path}: structure label {value!r} is not an integer") from None
-        key = str(name).strip().lower().replace("_", " ")
+        key = structure_name(str(name))
         structures[key] = structures.get(key, ()) + (label,)
     if str(data["modality"]).upper() not in ("CT", "MR"):
         raise AtlasError(f"{path}: modality must be CT or MR, got {data['modality']!r}")
     return Atlas(str(data["name"]), str(data.get("description", data["name"])), str(data["modality"]).upper(),
                  (path.parent / data["template"]).resolve(), (path.parent / data["labels"]).resolve(), structures,
                  str(data.get("licence", "")))
+
+
+def structure_name(label: str) -> str:
+    """A label-list name as a terminology name: "kidney_right" -> "right kidney"."""
+    words = label.strip().lower().replace("_", " ").replace("-", " ").split()
+    if len(words) > 1 and words[-1] in ("left", "right"):
+        words = [words[-1]] + words[:-1]
+    return " ".join(words)
 
 
 def find_atlas(name_or_path: str | None, modality: str) -> Atlas:

@@ -47,6 +47,7 @@ class RegistrationSettings:
     affine_shrink: tuple[int, ...] = (4, 2)
     affine_smoothing_mm: tuple[float, ...] = (4.0, 2.0)
     sampling: float = 0.1  # fraction of voxels the affine metric samples per iteration
+    start_shifts_mm: tuple[float, ...] = (0.0, -50.0, -25.0, 25.0, 50.0)  # affine starts tried along the body axis
     deformable: bool = True
     demons_iterations: int = 30  # per level
     demons_shrink: tuple[int, ...] = (2, 1)
@@ -95,7 +96,7 @@ def register(fixed, moving, settings: RegistrationSettings | None = None, progre
     if sitk.GetArrayViewFromImage(fixed_mask).sum() < 64:
         raise RegistrationError("the volume has almost no foreground to register to (is it empty or constant?)")
 
-    initial = sitk.CenteredTransformInitializer(fixed_w, moving_w, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    initial = _best_start(fixed_w, moving_w, fixed_mask, settings, cancel)
     affine_share = 0.3 if settings.deformable else 1.0
 
     method = sitk.ImageRegistrationMethod()
@@ -147,6 +148,41 @@ def register(fixed, moving, settings: RegistrationSettings | None = None, progre
     composite = sitk.CompositeTransform([affine, displacement])  # the displacement first, then the affine
     composite.FlattenTransform()  # one level of nesting: what the HDF5 transform file can hold
     return composite
+
+
+def _best_start(fixed_w, moving_w, fixed_mask, settings: RegistrationSettings, cancel):
+    """The centres of mass aligned, then shifted along the body axis by each of
+    ``settings.start_shifts_mm``: the start whose quick coarse affine fits best. A volume that
+    shows only part of what the template shows (the upper brain) has its centre of mass
+    elsewhere; the shifts find where it lies."""
+    import SimpleITK as sitk
+
+    centred = sitk.CenteredTransformInitializer(fixed_w, moving_w, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    best, best_value = centred, float("inf")
+    for shift in settings.start_shifts_mm:
+        _check_cancel(cancel)
+        start = sitk.AffineTransform(centred)
+        start.SetTranslation([t + d for t, d in zip(centred.GetTranslation(), (0.0, 0.0, shift))])  # LPS z: the body axis
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
+        method.SetMetricFixedMask(fixed_mask)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetShrinkFactorsPerLevel([4])
+        method.SetSmoothingSigmasPerLevel([4.0])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=25, relaxationFactor=0.7)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(start, inPlace=True)
+        try:
+            method.Execute(fixed_w, moving_w)
+        except RuntimeError:
+            continue  # the shifted template left the volume: not a candidate
+        value = method.GetMetricValue()  # negative mutual information: lower fits better
+        if value < best_value:
+            best, best_value = start, value
+    return best
 
 
 def _observe(filter_, stage: str, low: float, high: float, total: int, report: ProgressCallback, cancel) -> None:

@@ -59,7 +59,8 @@ class EngineProcessBackend(RemoteBackend):
         token_file.write_text(token, encoding="utf-8")
         os.chmod(token_file, 0o600)
         self.log_path = self._workdir / "engine.log"
-        args = ["--backend", backend_name, "--device", device, "--token-file", str(token_file)]
+        # A whole volume travels for 3D answers: on loopback, the body limit is the volume reader's.
+        args = ["--backend", backend_name, "--device", device, "--token-file", str(token_file), "--max-body-mb", "8192"]
         if model:
             args += ["--model", str(model)]
         self.process = ServerProcess(args=tuple(args), log_path=self.log_path, python=python, exit_with_parent=True)
@@ -143,6 +144,11 @@ class EngineProcessBackend(RemoteBackend):
     def ask(self, session_id: str, turn: Turn, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Answer:
         self.load(cancel)
         return self._call("the question", super().ask, session_id, turn, progress, cancel)
+
+    def ground_anatomy(self, volume, question: str, atlas: str | None = None, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None):
+        self.load(cancel)
+        return self._call("the 3D question", super().ground_anatomy, volume, question, atlas, progress, cancel)
 
     def close(self) -> None:
         """Close the sessions, stop the engine and delete its token."""

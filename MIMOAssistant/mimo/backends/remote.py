@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from .. import __version__
 from ..backend import Answer, Backend, BackendInfo, Capabilities, ProgressCallback, SliceImage, Turn, check_cancel
 from ..errors import BackendError, Cancelled, GeometryError, MimoError, PromptError
@@ -416,6 +418,41 @@ class RemoteBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ask_once(self, server_id: str, body: dict, turn_id: str, progress, cancel) -> Answer:
+        start = time.perf_counter()
+
+        def call() -> dict:
+            if progress is None:
+                response = self._request("POST", f"/v1/sessions/{server_id}/ask", body, idempotent=False, what="the question")
+                self._raise_for(response, "the question")
+                return _json(response)
+            return self._ask_stream(server_id, body, progress)
+
+        data = self._with_cancel_watch(turn_id, cancel, call)
+        try:
+            answer = answer_from_wire(data)
+        except WireError as error:
+            raise RemoteError(str(error)) from None
+        answer.timings["round_trip_s"] = time.perf_counter() - start
+        return answer
+
+    def ground_anatomy(self, volume, question: str, atlas: str | None = None, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None):
+        """The server registers its atlas to ``volume`` (voxels and IJK-to-RAS only are sent)."""
+        from ..server.wire import anatomy_from_wire, encode_volume
+
+        check_cancel(cancel)
+        array = volume.array if volume.array.dtype.name in ("uint8", "int8", "uint16", "int16", "int32", "float32") else volume.array.astype(np.float32)
+        turn_id = uuid.uuid4().hex
+        body = {"volume": encode_volume(array), "ijk_to_ras": np.asarray(volume.ijk_to_ras, float).tolist(), "modality": volume.modality,
+                "question": question, "atlas": atlas, "turn_id": turn_id}
+        data = self._with_cancel_watch(turn_id, cancel, lambda: self._stream("/v1/anatomy/stream", body, progress or (lambda s, f: None), "the 3D question"))
+        try:
+            return anatomy_from_wire(data, tuple(volume.array.shape[:3]))
+        except WireError as error:
+            raise RemoteError(str(error)) from None
+
+    def _with_cancel_watch(self, turn_id: str, cancel: threading.Event | None, call):
+        """Run ``call()``; while it runs, a set ``cancel`` cancels ``turn_id`` on the server."""
         watcher_done = threading.Event()
         if cancel is not None:
 
@@ -429,31 +466,22 @@ class RemoteBackend(Backend):
                         return
 
             threading.Thread(target=watch, name="mimo-cancel-watch", daemon=True).start()
-        start = time.perf_counter()
         try:
-            if progress is None:
-                response = self._request("POST", f"/v1/sessions/{server_id}/ask", body, idempotent=False, what="the question")
-                self._raise_for(response, "the question")
-                data = _json(response)
-            else:
-                data = self._ask_stream(server_id, body, progress)
+            return call()
         finally:
             watcher_done.set()
-        try:
-            answer = answer_from_wire(data)
-        except WireError as error:
-            raise RemoteError(str(error)) from None
-        answer.timings["round_trip_s"] = time.perf_counter() - start
-        return answer
 
     def _ask_stream(self, server_id: str, body: dict, progress: ProgressCallback) -> dict:
+        return self._stream(f"/v1/sessions/{server_id}/ask/stream", body, progress, "the question")
+
+    def _stream(self, path: str, body: dict, progress: ProgressCallback, what: str) -> dict:
         import requests
 
-        response = self._request("POST", f"/v1/sessions/{server_id}/ask/stream", body, idempotent=False, stream=True, what="the question")
+        response = self._request("POST", path, body, idempotent=False, stream=True, what=what)
         try:
             if response.status_code >= 400:
                 response.content  # noqa: B018 - read the error body
-                self._raise_for(response, "the question")
+                self._raise_for(response, what)
             event, data_lines, received = None, [], 0
             response.encoding = "utf-8"  # SSE is UTF-8 whatever the headers say
             for line in response.iter_lines(decode_unicode=True):
@@ -480,7 +508,7 @@ class RemoteBackend(Backend):
                 elif line.startswith("data:"):
                     data_lines.append(line[5:].lstrip())
         except requests.exceptions.RequestException:
-            raise ServerUnreachable(f"lost the connection to the MIMO server at {self.url} during the question; the server may have stopped") from None
+            raise ServerUnreachable(f"lost the connection to the MIMO server at {self.url} during {what}; the server may have stopped") from None
         except json.JSONDecodeError:
             raise RemoteError("the server sent a malformed event") from None
         finally:

@@ -803,6 +803,9 @@ def create_app(backend: Backend, config: ServerConfig | None = None) -> FastAPI:
     async def delete_turn(turn_id: str):
         return JSONResponse(_cancel(turn_id), 202)
 
+    from .anatomy import add_anatomy_routes
+
+    add_anatomy_routes(app, state)
     return GuardApp(app, state)
 
 

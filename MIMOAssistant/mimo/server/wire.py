@@ -253,3 +253,86 @@ def answer_from_wire(data: dict, max_pixels: int = 1 << 26):
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise WireError(f"malformed answer from the server: {error}") from None
+
+
+# --- volumes and 3D answers (atlas grounding) -----------------------------------------------
+
+VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "float32")
+
+
+def encode_volume(array: np.ndarray, level: int = 1) -> dict:
+    """A ``[k, j, i]`` voxel array, deflated (level 1: CT/MR voxels barely compress further)."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 3 or array.dtype.name not in VOLUME_DTYPES:
+        raise WireError(f"a volume must be a 3D array of {', '.join(VOLUME_DTYPES)}, got {array.dtype} {array.shape}")
+    return {"dtype": array.dtype.name, "shape": [int(n) for n in array.shape], "encoding": "zlib",
+            "data": _b64encode(zlib.compress(array.astype(array.dtype.newbyteorder("<")).tobytes(), level))}
+
+
+def decode_volume(payload: dict, max_voxels: int) -> np.ndarray:
+    if not isinstance(payload, dict) or payload.get("encoding") != "zlib":
+        raise WireError("volume encoding must be 'zlib'")
+    dtype, shape = payload.get("dtype"), payload.get("shape")
+    if dtype not in VOLUME_DTYPES:
+        raise WireError(f"volume dtype must be one of {', '.join(VOLUME_DTYPES)}, got {dtype!r}")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise WireError("volume shape must be [slices, rows, columns]")
+    dims = [_check_int(n, "volume dimension", 1, 1 << 16) for n in shape]
+    if math.prod(dims) > max_voxels:
+        raise PayloadTooLarge(f"a volume of {' x '.join(map(str, dims))} voxels is larger than accepted ({max_voxels} voxels)")
+    item = np.dtype(dtype).newbyteorder("<")
+    data = _inflate(_b64decode(payload.get("data"), "volume"), math.prod(dims) * item.itemsize, "volume")
+    return np.frombuffer(data, dtype=item).astype(np.dtype(dtype)).reshape(dims)
+
+
+def encode_volume_mask(mask: np.ndarray) -> dict:
+    """A bool ``[k, j, i]`` mask as a 2D mask payload of its ``(k * j, i)`` view."""
+    k, j, i = mask.shape
+    return {"shape3d": [int(k), int(j), int(i)], "mask": encode_mask(np.asarray(mask, bool).reshape(k * j, i))}
+
+
+def decode_volume_mask(payload: dict, max_voxels: int) -> np.ndarray:
+    shape = payload.get("shape3d") if isinstance(payload, dict) else None
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise WireError("a 3D mask needs shape3d [slices, rows, columns]")
+    k, j, i = (_check_int(n, "mask dimension", 1, 1 << 16) for n in shape)
+    mask = decode_mask(payload.get("mask"), max_voxels)
+    if mask.shape != (k * j, i):
+        raise WireError(f"the 3D mask's data has shape {mask.shape}, its shape3d declares {(k, j, i)}")
+    return mask.reshape(k, j, i)
+
+
+def anatomy_to_wire(answer, turn_id: str) -> dict:
+    """An :class:`~mimo.anatomy.AnatomyAnswer` -> JSON."""
+    return {
+        "turn_id": turn_id,
+        "text": answer.text,
+        "atlas": answer.atlas,
+        "similarity": json_safe(answer.similarity),
+        "outside": list(answer.outside),
+        "unavailable": list(answer.unavailable),
+        "timings": json_safe(dict(answer.timings)),
+        "segments": [{"name": s.name, "terminology": s.entry.to_dict(), "mask": encode_volume_mask(s.mask)} for s in answer.segments],
+    }
+
+
+def anatomy_from_wire(data: dict, shape: tuple[int, int, int]):
+    from ..anatomy import AnatomyAnswer
+    from ..segments import Segment
+    from ..terminology import TerminologyEntry
+
+    try:
+        segments = []
+        for index, item in enumerate(data.get("segments", [])):
+            mask = decode_volume_mask(item["mask"], math.prod(shape))
+            if mask.shape != tuple(shape):
+                raise WireError(f"a segment's mask has shape {mask.shape}, the volume {tuple(shape)}")
+            segments.append(Segment(index + 1, str(item["name"]), TerminologyEntry.from_dict(item["terminology"]), mask))
+        similarity = data.get("similarity")
+        return AnatomyAnswer(str(data["text"]), segments, str(data.get("atlas", "")), [str(n) for n in data.get("unavailable", [])],
+                             [str(n) for n in data.get("outside", [])], None if similarity is None else float(similarity),
+                             {str(k): float(v) for k, v in (data.get("timings") or {}).items() if isinstance(v, (int, float))})
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise WireError(f"malformed 3D answer from the server: {error}") from None
