@@ -392,7 +392,10 @@ class MIMOAssistantLogic:
                 spans.append(GroundedSpan(segment.name, at, at + len(segment.name), index))
                 searchFrom = at + len(segment.name)
         extra = {"atlas": grounded.atlas, "abstained": not grounded.segments}
-        answer = Answer(grounded.text, spans, [], dict(grounded.timings), extra)
+        from mimo.geometry import extract_slice
+
+        onScreen = [extract_slice(segment.mask.astype(np.uint8), request.geometry) > 0 for segment in grounded.segments]  # the slice shown
+        answer = Answer(grounded.text, spans, onScreen, dict(grounded.timings), extra)
         report("Answer ready", 0.92)
         return TurnOutcome(
             AskResult(answer, request.geometry, request.image, list(grounded.segments)),
