@@ -152,7 +152,15 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
         backend = create_backend("litemedsam", None, "cpu", max_sessions=512)  # one per slice of a pair, kept across its structures
     report = {"pairs": [], "slice_step": slice_step}
     for pair in pairs:
-        volume = load_image(pair.target, pair.modality)
+        if pair.target.name.endswith(".mgz"):  # FreeSurfer's format: read through nibabel
+            import SimpleITK as sitk
+
+            from ..image import ImageVolume, _geometry_from_sitk
+
+            image = read_image(pair.target)
+            volume = ImageVolume(sitk.GetArrayFromImage(image), _geometry_from_sitk(image), pair.modality)
+        else:
+            volume = load_image(pair.target, pair.modality)
         reference = _reference_on(volume, pair.reference)
         grounder = AnatomyGrounder(pair.atlas, cache_dir=cache_dir)
         start = time.perf_counter()
