@@ -181,12 +181,12 @@ class AnatomyGrounder:
 
                 raise Cancelled("cancelled")
             for part in self._segments_for(name):
-                values = self.atlas.label_values(part)
-                binary = sitk.GetImageFromArray(np.isin(label_array, values).astype(np.float32))
+                in_atlas = np.isin(label_array, self.atlas.label_values(part))
+                binary = sitk.GetImageFromArray(in_atlas.astype(np.float32))
                 binary.CopyInformation(labels)
                 carried = sitk.Resample(binary, image, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
                 mask = sitk.GetArrayFromImage(carried) >= 0.5
-                atlas_mm3 = float(np.count_nonzero(np.isin(label_array, values))) * atlas_voxel_mm3 / max(scale, 1e-9)
+                atlas_mm3 = float(np.count_nonzero(in_atlas)) * atlas_voxel_mm3 / max(scale, 1e-9)
                 inside = float(mask.sum()) * volume_voxel_mm3 / max(atlas_mm3, 1e-9)
                 if inside < MIN_INSIDE_FRACTION:
                     outside.append(part)

@@ -99,15 +99,7 @@ def register(fixed, moving, settings: RegistrationSettings | None = None, progre
     initial = _best_start(fixed_w, moving_w, fixed_mask, settings, cancel)
     affine_share = 0.3 if settings.deformable else 1.0
 
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
-    method.SetMetricFixedMask(fixed_mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel(list(settings.affine_shrink))
-    method.SetSmoothingSigmasPerLevel(list(settings.affine_smoothing_mm))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method = _affine_method(fixed_mask, settings, settings.affine_shrink, settings.affine_smoothing_mm)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=settings.affine_iterations,
                                                     gradientMagnitudeTolerance=1e-6, relaxationFactor=0.7)
     method.SetOptimizerScalesFromPhysicalShift()
@@ -150,6 +142,22 @@ def register(fixed, moving, settings: RegistrationSettings | None = None, progre
     return composite
 
 
+def _affine_method(fixed_mask, settings: RegistrationSettings, shrink, smoothing_mm):
+    """A registration method with the affine stages' metric (Mattes MI on the foreground) and pyramid."""
+    import SimpleITK as sitk
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
 def _best_start(fixed_w, moving_w, fixed_mask, settings: RegistrationSettings, cancel):
     """The centres of mass aligned, then shifted along the body axis by each of
     ``settings.start_shifts_mm``: the start whose quick coarse affine fits best. A volume that
@@ -163,15 +171,7 @@ def _best_start(fixed_w, moving_w, fixed_mask, settings: RegistrationSettings, c
         _check_cancel(cancel)
         start = sitk.AffineTransform(centred)
         start.SetTranslation([t + d for t, d in zip(centred.GetTranslation(), (0.0, 0.0, shift))])  # LPS z: the body axis
-        method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(32)
-        method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
-        method.SetMetricFixedMask(fixed_mask)
-        method.SetInterpolator(sitk.sitkLinear)
-        method.SetShrinkFactorsPerLevel([4])
-        method.SetSmoothingSigmasPerLevel([4.0])
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method = _affine_method(fixed_mask, settings, (4,), (4.0,))
         method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=25, relaxationFactor=0.7)
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(start, inPlace=True)
