@@ -204,3 +204,10 @@ def test_bench_times_registration_once_then_reads_it_from_the_cache(moved):
     assert row.cached_volume_s < 0.5 * row.first_answer_s, row
     table = format_anatomy(row)
     assert "| mni152-neuromorphometrics | MNI152 moved | " in table and f"{row.first_answer_s:.1f}" in table
+
+
+def test_a_thin_slab_is_refused_with_the_reason(grounder):
+    """A 3-slice CT slab gives registration nothing to place the atlas by along z: a clear refusal."""
+    slab = ImageVolume(np.random.default_rng(0).normal(40, 10, (3, 128, 128)).astype(np.float32), np.diag([-0.8, -0.8, 1.0, 1.0]), "MR")
+    with pytest.raises(MimoError, match=r"3 voxels \(3 mm\) along its axis k: registering an atlas needs at least 4 voxels and 30 mm"):
+        grounder.ground(slab, "Segment the thalamus.")

@@ -55,6 +55,21 @@ class RegistrationSettings:
     seed: int = 7
 
 
+#: Thinner than this along any axis (or fewer than 4 voxels), a volume gives a registration
+#: nothing to fix the atlas's position by along that axis (a 3-slice CT slab is 3 mm thick).
+MIN_EXTENT_MM = 30.0
+
+
+def check_registrable(image) -> None:
+    """A clear refusal for volumes too thin to register an atlas to."""
+    for axis, (count, spacing) in enumerate(zip(image.GetSize(), image.GetSpacing())):
+        if count < 4 or count * spacing < MIN_EXTENT_MM:
+            raise RegistrationError(
+                f"the volume is {count} voxels ({count * spacing:.0f} mm) along its axis {'ijk'[axis]}: registering an atlas "
+                f"needs at least 4 voxels and {MIN_EXTENT_MM:.0f} mm along each axis. On a thin slab, draw a box or a scribble "
+                "on the slice and ask about it instead")
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("registration cancelled")
@@ -90,6 +105,7 @@ def register(fixed, moving, settings: RegistrationSettings | None = None, progre
     settings = settings or RegistrationSettings()
     report = progress or (lambda stage, fraction: None)
     _check_cancel(cancel)
+    check_registrable(fixed)
     fixed_w = working_image(fixed, settings.working_spacing_mm)
     moving_w = working_image(moving, settings.working_spacing_mm)
     fixed_mask = _foreground_mask(fixed_w)

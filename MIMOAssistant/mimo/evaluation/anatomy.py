@@ -162,7 +162,13 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
         grounder = AnatomyGrounder(pair.atlas, cache_dir=cache_dir)
         start = time.perf_counter()
         question = "Segment the " + " and the ".join(pair.structures) + "."
-        answer = grounder.ground(volume, question)
+        try:
+            answer = grounder.ground(volume, question)
+        except MimoError as error:  # a refusal is a result: recorded with its message
+            report["pairs"].append({"pair": pair.name, "atlas": pair.atlas.name, "target": str(pair.target.name),
+                                    "refused": str(error), "structures": list(pair.structures)})
+            _write(report, out)
+            continue
         first = time.perf_counter() - start
         start = time.perf_counter()
         grounder.ground(volume, f"Segment the {next(iter(pair.structures))}.")
@@ -192,16 +198,24 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
             "first_answer_s": round(first, 2), "further_structure_s": round(further, 2), "voxels": int(np.prod(volume.array.shape)),
             "structures": rows, "major_mean": round(float(np.mean(major)), 4) if major else None, "major_min": min(major) if major else None,
         })
+        _write(report, out)  # after every pair: a long run that stops keeps what it measured
+    _write(report, out)
+    return report
+
+
+def _write(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     out.with_suffix(".md").write_text(render(report), encoding="utf-8")
-    return report
 
 
 def render(report: dict) -> str:
     lines = ["# Atlas grounding, 3D Dice per structure (both sides together)", "",
              f"LiteMedSAM with the prior's box and the atlas on the same slices: every {report['slice_step']}th axial slice.", ""]
     for pair in report["pairs"]:
+        if "refused" in pair:
+            lines += [f"## {pair['pair']}", "", f"Refused ({', '.join(pair['structures'])}): {pair['refused']}", ""]
+            continue
         lines += [f"## {pair['pair']}", "",
                   f"similarity {pair['similarity']:.2f} · first answer {pair['first_answer_s']} s (registration included) · "
                   f"a further structure {pair['further_structure_s']} s · {pair['voxels']:,} voxels"
