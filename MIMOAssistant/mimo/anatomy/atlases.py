@@ -150,6 +150,15 @@ def read_image(path: Path):
         raise AtlasError(f"cannot read the atlas file {path}: {str(error).strip().splitlines()[-1]}") from None
 
 
+def read_volume(path: str | Path, modality: str):
+    """An ImageVolume of a volume file, FreeSurfer's .mgz included (which ``load_image`` does not read)."""
+    from ..image import load_image, volume_from_sitk
+
+    if str(path).endswith((".mgz", ".mgh")):
+        return volume_from_sitk(read_image(Path(path)), modality)
+    return load_image(path, modality)
+
+
 def _site_packages_file(package: str, *parts: str) -> Path | None:
     import importlib.util
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..anatomy.atlases import Atlas, atlas_from_json, builtin_atlases, read_image
+from ..anatomy.atlases import Atlas, atlas_from_json, builtin_atlases, read_image, read_volume
 from ..anatomy.grounding import AnatomyGrounder
 from ..errors import MimoError
 
@@ -140,8 +140,6 @@ def _prior_box_masks(backend, volume, prior: np.ndarray, truth: np.ndarray, step
 
 
 def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam: bool = True, cache_dir: Path | None = None) -> dict:
-    from ..image import load_image
-
     pairs = anatomy_pairs(Path(data), Path(out).parent / "atlases")
     if not pairs:
         raise MimoError(f"no atlas/target pair could be built from {data} and the installed atlas packages")
@@ -152,12 +150,7 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
         backend = create_backend("litemedsam", None, "cpu", max_sessions=512)  # one per slice of a pair, kept across its structures
     report = {"pairs": [], "slice_step": slice_step}
     for pair in pairs:
-        if pair.target.name.endswith(".mgz"):  # FreeSurfer's format: read through nibabel
-            from ..image import volume_from_sitk
-
-            volume = volume_from_sitk(read_image(pair.target), pair.modality)
-        else:
-            volume = load_image(pair.target, pair.modality)
+        volume = read_volume(pair.target, pair.modality)
         reference = _reference_on(volume, pair.reference)
         grounder = AnatomyGrounder(pair.atlas, cache_dir=cache_dir)
         start = time.perf_counter()
@@ -199,7 +192,6 @@ def evaluate_anatomy(data: Path, out: Path, slice_step: int = 4, with_litemedsam
             "structures": rows, "major_mean": round(float(np.mean(major)), 4) if major else None, "major_min": min(major) if major else None,
         })
         _write(report, out)  # after every pair: a long run that stops keeps what it measured
-    _write(report, out)
     return report
 
 
